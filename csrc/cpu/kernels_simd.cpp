@@ -51,15 +51,16 @@ DX_AVX512 void philox32(const __m512i k0v[10], const __m512i k1v[10], uint64_t j
   for (int r = 0; r < 10; ++r) {
     const __m512i p0 = _mm512_mul_epu32(c0, m0);
     const __m512i p1 = _mm512_mul_epu32(c2, m1);
-    c0 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p1, 32), c1, k0v[r], 0x96);  // a ^ b ^ c
+    // vpshufd moves each high word down (port 5; the multiply and shifts share port 0).
+    c0 = _mm512_ternarylogic_epi64(_mm512_shuffle_epi32(p1, _MM_PERM_CDAB), c1, k0v[r], 0x96);  // a ^ b ^ c
     c1 = p1;
-    c2 = _mm512_ternarylogic_epi64(_mm512_srli_epi64(p0, 32), c3, k1v[r], 0x96);
+    c2 = _mm512_ternarylogic_epi64(_mm512_shuffle_epi32(p0, _MM_PERM_CDAB), c3, k1v[r], 0x96);
     c3 = p0;
   }
   // (c0, c1) and (c2, c3) as 32-bit pairs per 64-bit lane, then interleave the lanes so
   // that counter l's four words are elements 4l .. 4l+3.
-  const __m512i t01 = _mm512_mask_blend_epi32(0xAAAA, c0, _mm512_slli_epi64(c1, 32));
-  const __m512i t23 = _mm512_mask_blend_epi32(0xAAAA, c2, _mm512_slli_epi64(c3, 32));
+  const __m512i t01 = _mm512_mask_shuffle_epi32(c0, 0xAAAA, c1, _MM_PERM_CDAB);
+  const __m512i t23 = _mm512_mask_shuffle_epi32(c2, 0xAAAA, c3, _MM_PERM_CDAB);
   w[0] = _mm512_permutex2var_epi64(t01, _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), t23);
   w[1] = _mm512_permutex2var_epi64(t01, _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), t23);
 }
