@@ -1,0 +1,223 @@
+"""Drop-in parity with torch.nn.functional.dropout / torch.nn.Dropout, checked against
+torch itself, and every bad input of SPEC section 4 (clear error, inputs untouched)."""
+import math
+
+import pytest
+import torch
+from testing import assert_same_bits, keep_mask
+
+import dropout_ext
+from dropout_ext import functional as F
+from dropout_ext import nn
+
+
+def torch_error(fn):
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - we compare whatever torch raises
+        return type(e), str(e)
+    return None
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5, -1, 2])
+def test_bad_p_matches_torch(backend, p):
+    x = torch.randn(4)
+    expected = torch_error(lambda: torch.nn.functional.dropout(x, p))
+    with pytest.raises(expected[0]) as err:
+        F.dropout(x, p)
+    assert str(err.value) == expected[1]
+    with pytest.raises(expected[0]):
+        nn.Dropout(p)
+
+
+@pytest.mark.parametrize("p", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_p_rejected(backend, p):
+    with pytest.raises(ValueError, match="dropout probability has to be between 0 and 1"):
+        F.dropout(torch.randn(4), p)
+
+
+@pytest.mark.parametrize("p", ["0.5", None, [0.5], 0.5j])
+def test_p_not_a_number(backend, p):
+    with pytest.raises(TypeError, match="dropout probability must be a real number"):
+        F.dropout(torch.randn(4), p)
+
+
+def test_p_as_tensor_computes_like_float(backend):
+    x = torch.randn(100)
+    assert_same_bits(F.dropout(x, torch.tensor(0.25), seed=3), F.dropout(x, 0.25, seed=3))
+    with pytest.raises(TypeError):
+        F.dropout(x, torch.tensor([0.1, 0.2]))
+
+
+def test_signature_matches_torch():
+    import inspect
+
+    ours = inspect.signature(F.dropout).parameters
+    theirs = inspect.signature(torch.nn.functional.dropout).parameters
+    assert list(ours)[:4] == list(theirs)[:4]
+    for name in list(theirs)[:4]:
+        assert ours[name].default == theirs[name].default
+    for name in ("seed", "generator", "scale_train"):
+        assert ours[name].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+def test_eval_returns_input_object(backend):
+    x = torch.randn(5)
+    assert F.dropout(x, 0.5, training=False) is torch.nn.functional.dropout(x, 0.5, training=False) is x
+    assert F.dropout(x, 0.5, False, True) is x
+    m = nn.Dropout(0.5).eval()
+    assert m(x) is x
+
+
+def test_module_repr_and_isinstance():
+    assert repr(nn.Dropout()) == repr(torch.nn.Dropout()) == "Dropout(p=0.5, inplace=False)"
+    assert repr(nn.Dropout(0.2, True)) == repr(torch.nn.Dropout(0.2, True))
+    assert repr(nn.Dropout(0.2, scale_train=False)) == "Dropout(p=0.2, inplace=False, scale_train=False)"
+    assert isinstance(nn.Dropout(), torch.nn.Dropout)
+    assert nn.Dropout(0.3).p == 0.3 and nn.Dropout().inplace is False
+
+
+def test_module_train_eval(backend):
+    torch.manual_seed(0)
+    m = nn.Dropout(0.5)
+    x = torch.ones(1000)
+    y = m(x)
+    assert set(y.unique().tolist()) <= {0.0, 2.0} and 300 < int((y == 0).sum()) < 700
+    m.eval()
+    assert m(x) is x
+    v = nn.Dropout(0.5, scale_train=False).eval()
+    assert torch.equal(v(x), x * 0.5)
+
+
+def test_inplace_writes_input_and_returns_it(backend):
+    x = torch.randn(1000)
+    expected = F.dropout(x, 0.5, seed=2)
+    y = F.dropout(x, 0.5, inplace=True, seed=2)
+    assert y is x
+    assert_same_bits(x, expected)
+
+
+def test_inplace_noncontiguous(backend):
+    base = torch.randn(8, 10)
+    x = base.t()
+    expected = F.dropout(x, 0.5, seed=2)
+    y = F.dropout(x, 0.5, inplace=True, seed=2)
+    assert y is x
+    assert_same_bits(x, expected)
+
+
+def test_inplace_autograd_like_torch(backend):
+    leaf = torch.randn(6, requires_grad=True)
+    expected = torch_error(lambda: torch.nn.functional.dropout(leaf, 0.5, inplace=True))
+    before = leaf.detach().clone()
+    with pytest.raises(expected[0], match="leaf Variable that requires grad"):
+        F.dropout(leaf, 0.5, inplace=True)
+    assert torch.equal(leaf.detach(), before)
+    # a non-leaf works, and the gradient is the mask's
+    w = torch.randn(6, requires_grad=True)
+    h = w * 1.0
+    out = F.dropout(h, 0.5, inplace=True, seed=4)
+    assert out is h
+    out.sum().backward()
+    keep = keep_mask((6,), 0.5, 4)
+    assert torch.equal(w.grad, torch.where(keep, 2.0, 0.0))
+
+
+def test_inplace_on_overlapping_tensor_raises_like_torch(backend):
+    x = torch.randn(1, 3).expand(4, 3)
+    before = x.clone()
+    expected = torch_error(lambda: torch.nn.functional.dropout(x, 0.5, inplace=True))
+    with pytest.raises(expected[0]) as err:
+        F.dropout(x, 0.5, inplace=True)
+    assert str(err.value) == expected[1]
+    assert torch.equal(x, before)
+
+
+def test_expanded_input_out_of_place(backend):
+    x = torch.randn(1, 5).expand(3, 5)
+    out = F.dropout(x, 0.5, seed=1)
+    assert out.shape == (3, 5)
+    assert_same_bits(out, F.dropout(x.contiguous(), 0.5, seed=1))
+
+
+@pytest.mark.parametrize("dt", [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64])
+def test_non_float_dtype_rejected(backend, dt):
+    x = torch.ones(8, dtype=dt)
+    before = x.clone()
+    with pytest.raises((TypeError, RuntimeError), match=str(dt).split(".")[-1]):
+        F.dropout(x, 0.5)
+    with pytest.raises((TypeError, RuntimeError), match=str(dt).split(".")[-1]):
+        F.dropout(x, 0.5, inplace=True)
+    assert torch.equal(x, before)
+
+
+@pytest.mark.parametrize("seed,exc", [(-1, ValueError), (2**64, ValueError), (1.5, TypeError), (True, TypeError),
+                                      ("3", TypeError), (torch.tensor(3), TypeError)])
+def test_bad_seed(backend, seed, exc):
+    x = torch.randn(8)
+    before = x.clone()
+    with pytest.raises(exc, match="seed"):
+        F.dropout(x, 0.5, inplace=True, seed=seed)
+    assert torch.equal(x, before)
+
+
+def test_seed_extremes(backend):
+    x = torch.randn(100)
+    for s in (0, 2**32 - 1, 2**32, 2**63, 2**64 - 1):
+        out = F.dropout(x, 0.5, seed=s)
+        assert torch.equal(out != 0, keep_mask(x.shape, 0.5, s) & (x != 0))
+
+
+def test_generator_reproduces_and_differs(backend):
+    x = torch.randn(1000)
+    g1 = torch.Generator().manual_seed(5)
+    g2 = torch.Generator().manual_seed(5)
+    a = F.dropout(x, 0.5, generator=g1)
+    assert_same_bits(a, F.dropout(x, 0.5, generator=g2))
+    assert not torch.equal(a, F.dropout(x, 0.5, generator=g1))
+
+
+def test_manual_seed_reproduces_and_calls_differ(backend):
+    x = torch.randn(1000)
+    torch.manual_seed(1)
+    a, b = F.dropout(x, 0.5), F.dropout(x, 0.5)
+    torch.manual_seed(1)
+    assert_same_bits(a, F.dropout(x, 0.5))
+    assert not torch.equal(a, b)
+
+
+def test_generator_wrong_device_and_type(backend):
+    x = torch.randn(8)
+    with pytest.raises(TypeError, match="generator"):
+        F.dropout(x, 0.5, generator=3)
+    with pytest.raises(ValueError, match="seed= or generator="):
+        F.dropout(x, 0.5, seed=1, generator=torch.Generator())
+    # A CPU generator for a CUDA input is tested in test_cuda.py; here the device rule.
+    assert not F._same_device(torch.device("cuda", 0), torch.device("cpu"))
+    assert not F._same_device(torch.device("cpu"), torch.device("meta"))
+    assert F._same_device(torch.device("cpu"), torch.device("cpu"))
+
+
+def test_input_not_a_tensor(backend):
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        F.dropout([1.0, 2.0], 0.5)
+
+
+def test_compiled_backends_reports_active_backend():
+    from dropout_ext import _backend
+
+    if _backend.compiled_ops() is not None:
+        with _backend.use("compiled"):
+            assert dropout_ext.compiled_backends()[0] == "cpu"
+    with _backend.use("python"):
+        assert dropout_ext.compiled_backends() == ()
+
+
+def test_p_rounding_threshold_boundaries(backend):
+    """p = k / 2**32 boundaries: threshold is exactly k, so the word k is kept and k-1 dropped."""
+    x = torch.ones(1 << 12)
+    for k in (1, 2**31, 2**32 - 1):
+        p = k / 2**32
+        out = F.dropout(x, p, seed=77, scale_train=False)
+        assert torch.equal(out != 0, keep_mask(x.shape, p, 77))
+    assert math.floor((2**32 - 1) / 2**32 * 2**32) == 2**32 - 1
