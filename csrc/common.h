@@ -77,11 +77,32 @@ struct OutputBuffers {
   }
 };
 
-inline OutputBuffers make_output(const at::Tensor& input) {
+// True when torch.empty_like(t) has exactly the row-major strides of t's shape.
+inline bool empty_like_is_rowmajor(const at::Tensor& t) {
+  if (!t.is_non_overlapping_and_dense()) return t.suggest_memory_format() == at::MemoryFormat::Contiguous;
+  int64_t expected = 1;
+  for (int64_t d = t.dim() - 1; d >= 0; --d) {
+    if (t.stride(d) != expected) return false;
+    expected *= t.size(d);
+  }
+  return true;
+}
+
+// `alloc(like)` returns a row-major tensor of like's shape and options.
+template <typename Alloc>
+OutputBuffers make_output(const at::Tensor& input, Alloc&& alloc) {
   OutputBuffers o;
-  o.out = at::empty_like(input);
-  o.work = o.out.is_contiguous() ? o.out : at::empty(input.sizes(), input.options());
+  if (empty_like_is_rowmajor(input)) {
+    o.out = o.work = alloc(input);
+  } else {
+    o.out = at::empty_like(input);
+    o.work = alloc(input);
+  }
   return o;
+}
+
+inline OutputBuffers make_output(const at::Tensor& input) {
+  return make_output(input, [](const at::Tensor& like) { return at::empty(like.sizes(), like.options()); });
 }
 
 }  // namespace dropout_ext

@@ -3,14 +3,19 @@
 Every function validates its arguments here, once, with torch's wording where torch has
 one, before any tensor is written; the kernels come from `_backend.ops()`.
 """
+import math
 import numbers
 import operator
+import warnings
 
 import torch
 
 from . import _backend
 
-__all__ = ["dropout"]
+__all__ = [
+    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
+    "drop_path", "dropout_add", "bias_dropout_add",
+]
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SEED_LIMIT = 2**64
@@ -140,3 +145,196 @@ def dropout(input, p=0.5, training=True, inplace=False, *, seed=None, generator=
         return _eval(input, p, inplace, scale_train)
     rng = _rng_state(input, seed, generator)
     return _masked(input, rng, p, scale_train, 1, inplace)
+
+
+# ------------------------------------------------------------------ channel-wise
+
+
+def _feature_dropout(input, p, training, inplace, seed, generator, scale_train=True):
+    """One mask word per (N, C) position of an input of at least 2 dims (torch's
+    feature_dropout): `group` = the elements of one channel."""
+    if input.dim() < 2:
+        raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
+    if not training:
+        return _eval(input, p, inplace, scale_train)
+    rng = _rng_state(input, seed, generator)
+    return _masked(input, rng, p, scale_train, _channel_size(input, 2), inplace)
+
+
+def _channel_size(input, lead):
+    """Elements per mask word when the first `lead` dims index the words."""
+    return math.prod(input.shape[lead:]) if input.numel() else 1
+
+
+def _unbatched(input, batched_dim):
+    """torch's dropout1d/3d treat an input without the batch dim as a batch of one:
+    only the channel dim (dim 0) indexes the mask words."""
+    return input.dim() != batched_dim
+
+
+def _channel_dropout(input, p, training, inplace, seed, generator, batched_dim):
+    if not training:
+        return _eval(input, p, inplace, True)
+    if _unbatched(input, batched_dim):
+        if input.dim() < 1:
+            raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
+        rng = _rng_state(input, seed, generator)
+        return _masked(input, rng, p, True, _channel_size(input, 1), inplace)
+    return _feature_dropout(input, p, training, inplace, seed, generator)
+
+
+def dropout1d(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None):
+    """torch.nn.functional.dropout1d: zero whole channels of (N, C, L) or (C, L) input."""
+    p = _check_p(p)
+    _check_input(input)
+    if input.dim() not in (2, 3):
+        raise RuntimeError(
+            f"dropout1d: Expected 2D or 3D input, but received a {input.dim()}D input. "
+            "Note that dropout1d exists to provide channel-wise dropout on inputs with 1 "
+            "spatial dimension, a channel dimension, and an optional batch dimension "
+            "(i.e. 2D or 3D inputs)."
+        )
+    return _channel_dropout(input, p, training, inplace, seed, generator, batched_dim=3)
+
+
+def dropout2d(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None):
+    """torch.nn.functional.dropout2d, warnings included (3-D input is taken as (N, C, L))."""
+    p = _check_p(p)
+    _check_input(input)
+    inp_dim = input.dim()
+    if inp_dim not in (3, 4):
+        warnings.warn(
+            f"dropout2d: Received a {inp_dim}-D input to dropout2d, which is deprecated "
+            "and will result in an error in a future release. To retain the behavior "
+            "and silence this warning, please use dropout instead. Note that dropout2d "
+            "exists to provide channel-wise dropout on inputs with 2 spatial dimensions, "
+            "a channel dimension, and an optional batch dimension (i.e. 3D or 4D inputs).",
+            stacklevel=2,
+        )
+    if inp_dim == 3:
+        warnings.warn(
+            "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise "
+            "1D dropout behavior is desired - input is interpreted as shape (N, C, L), where C "
+            "is the channel dim. This behavior will change in a future release to interpret the "
+            "input as one without a batch dimension, i.e. shape (C, H, W). To maintain the 1D "
+            "channel-wise dropout behavior, please switch to using dropout1d instead.",
+            stacklevel=2,
+        )
+    return _feature_dropout(input, p, training, inplace, seed, generator)
+
+
+def dropout3d(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None):
+    """torch.nn.functional.dropout3d: zero whole channels of (N, C, D, H, W) or (C, D, H, W)."""
+    p = _check_p(p)
+    _check_input(input)
+    inp_dim = input.dim()
+    if inp_dim not in (4, 5):
+        warnings.warn(
+            f"dropout3d: Received a {inp_dim}-D input to dropout3d, which is deprecated "
+            "and will result in an error in a future release. To retain the behavior "
+            "and silence this warning, please use dropout instead. Note that dropout3d "
+            "exists to provide channel-wise dropout on inputs with 3 spatial dimensions, "
+            "a channel dimension, and an optional batch dimension (i.e. 4D or 5D inputs).",
+            stacklevel=2,
+        )
+    return _channel_dropout(input, p, training, inplace, seed, generator, batched_dim=5)
+
+
+# -------------------------------------------------------------------- alpha dropout
+
+SELU_ALPHA = 1.7580993408473766  # -SELU's negative saturation: scale * alpha
+
+
+def _alpha(input, p, training, inplace, seed, generator, feature):
+    """torch's alpha dropout: out = x * (m * a) + ((m - 1) * alpha * a + alpha * a * p),
+    with a = 1 / sqrt((alpha**2 * p + 1) * (1 - p)); p == 1 gives x * 0 as torch does."""
+    if not training or p == 0.0 or input.numel() == 0:
+        return input
+    if feature and input.dim() < 2:
+        raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
+    if p == 1.0:
+        return input.mul_(0.0) if inplace else input * 0.0
+    if inplace:
+        _check_inplace(input)
+    rng = _rng_state(input, seed, generator)
+    mask_shape = tuple(input.shape[:2]) + (1,) * (input.dim() - 2) if feature else tuple(input.shape)
+    acc = torch.float64 if input.dtype == torch.float64 else torch.float32
+    ones = torch.ones(mask_shape, dtype=acc, device=input.device)
+    keep, _ = _backend.ops().dropout(ones, rng, p, False, 1, False)  # 0/1, the SPEC mask
+    a = 1.0 / math.sqrt((SELU_ALPHA * SELU_ALPHA * p + 1) * (1 - p))
+    shift = (keep - 1) * (SELU_ALPHA * a) + SELU_ALPHA * a * p
+    out = (input.to(acc) * (keep * a) + shift).to(input.dtype)
+    return input.copy_(out) if inplace else out
+
+
+def alpha_dropout(input, p=0.5, training=False, inplace=False, *, seed=None, generator=None):
+    """torch.nn.functional.alpha_dropout (for SELU networks); training=False by default."""
+    p = _check_p(p)
+    _check_input(input)
+    return _alpha(input, p, training, inplace, seed, generator, feature=False)
+
+
+def feature_alpha_dropout(input, p=0.5, training=False, inplace=False, *, seed=None, generator=None):
+    """torch.nn.functional.feature_alpha_dropout: alpha dropout of whole channels."""
+    p = _check_p(p)
+    _check_input(input)
+    return _alpha(input, p, training, inplace, seed, generator, feature=True)
+
+
+# ------------------------------------------------------------------------ drop_path
+
+
+def drop_path(input, p=0.5, training=True, *, seed=None, generator=None):
+    """Stochastic depth (timm's drop_path, torchvision's stochastic_depth "row" mode):
+    each sample (index of dim 0) is kept with probability 1 - p and scaled by 1 / (1 - p)."""
+    p = _check_p(p)
+    _check_input(input)
+    if input.dim() < 1:
+        raise ValueError("drop_path needs an input with a batch dimension, got a 0-dim tensor")
+    if not training or p == 0.0:
+        return input
+    rng = _rng_state(input, seed, generator)
+    return _masked(input, rng, p, True, _channel_size(input, 1), False)
+
+
+# ------------------------------------------------------------------- fused residual
+
+
+def _check_fused(input, residual, bias=None):
+    _check_input(input)
+    _check_input(residual, "residual")
+    for name, t in (("residual", residual),) + ((("bias", bias),) if bias is not None else ()):
+        if t.dtype != input.dtype:
+            raise TypeError("dropout_ext: %s must have the input's dtype %s, got %s" % (name, input.dtype, t.dtype))
+        if t.device != input.device:
+            raise RuntimeError("dropout_ext: %s must be on the input's device %s, got %s" % (name, input.device, t.device))
+    if residual.shape != input.shape:
+        raise RuntimeError("dropout_ext: residual must have the input's shape %s, got %s"
+                           % (tuple(input.shape), tuple(residual.shape)))
+    if bias is not None:
+        _check_input(bias, "bias")
+        if input.dim() < 1 or bias.dim() != 1 or bias.shape[0] != input.shape[-1]:
+            raise RuntimeError("dropout_ext: bias must be 1-D with the input's last dimension (%s), got shape %s"
+                               % (input.shape[-1] if input.dim() else "none", tuple(bias.shape)))
+
+
+def dropout_add(input, residual, p=0.5, training=True, *, seed=None, generator=None):
+    """residual + dropout(input, p) in one pass (read input and residual once, write once)."""
+    p = _check_p(p)
+    _check_fused(input, residual)
+    if not training:
+        return residual + input
+    rng = _rng_state(input, seed, generator)
+    out, _ = _backend.ops().dropout_add(input, residual, rng, p, _save_bits(input, residual))
+    return out
+
+
+def bias_dropout_add(input, bias, residual, p=0.5, training=True, *, seed=None, generator=None):
+    """residual + dropout(input + bias, p) in one pass; bias broadcasts over the last dim."""
+    p = _check_p(p)
+    _check_fused(input, residual, bias)
+    if not training:
+        return residual + (input + bias)
+    rng = _rng_state(input, seed, generator)
+    out, _ = _backend.ops().bias_dropout_add(input, bias, residual, rng, p, _save_bits(input, bias, residual))
+    return out

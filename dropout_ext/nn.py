@@ -4,7 +4,7 @@ import torch
 
 from . import functional as F
 
-__all__ = ["Dropout"]
+__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "DropPath"]
 
 
 def _vanilla_repr(module, base):
@@ -25,3 +25,44 @@ class Dropout(torch.nn.Dropout):
 
     def extra_repr(self):
         return _vanilla_repr(self, super().extra_repr())
+
+
+class Dropout1d(torch.nn.Dropout1d):
+    def forward(self, input):
+        return F.dropout1d(input, self.p, self.training, self.inplace)
+
+
+class Dropout2d(torch.nn.Dropout2d):
+    def forward(self, input):
+        return F.dropout2d(input, self.p, self.training, self.inplace)
+
+
+class Dropout3d(torch.nn.Dropout3d):
+    def forward(self, input):
+        return F.dropout3d(input, self.p, self.training, self.inplace)
+
+
+class AlphaDropout(torch.nn.AlphaDropout):
+    def forward(self, input):
+        return F.alpha_dropout(input, self.p, self.training)
+
+
+class FeatureAlphaDropout(torch.nn.FeatureAlphaDropout):
+    def forward(self, input):
+        return F.feature_alpha_dropout(input, self.p, self.training)
+
+
+class DropPath(torch.nn.Module):
+    """Stochastic depth per sample (timm's DropPath): drops whole samples of a residual
+    branch with probability p, scaling kept ones by 1 / (1 - p)."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        F._check_p(p)
+        self.p = p
+
+    def forward(self, input):
+        return F.drop_path(input, self.p, self.training)
+
+    def extra_repr(self):
+        return "p=%s" % self.p
