@@ -111,6 +111,62 @@ def bench_size(n, dtype_name, reps, with_compile):
     return row
 
 
+def bench_family(reps, with_compile, n=1 << 24):
+    """Each family op against its torch equivalent, float32, p=0.5: fused ops against
+    torch's eager and torch.compile'd composition; channel-wise against x * 2.0."""
+    x = torch.randn(n)
+    r = torch.randn(n).view(-1, 1024)
+    xv = x.view(-1, 1024)
+    b = torch.randn(1024)
+    x4 = x.view(64, -1, 16, 16)
+    cases = {
+        "dropout_add": {
+            "ours": lambda: F.dropout_add(xv, r, P),
+            "torch eager": lambda: r + torch.nn.functional.dropout(xv, P),
+            "torch.compile": None,
+        },
+        "bias_dropout_add": {
+            "ours": lambda: F.bias_dropout_add(xv, b, r, P),
+            "torch eager": lambda: r + torch.nn.functional.dropout(xv + b, P),
+            "torch.compile": None,
+        },
+        "dropout2d (64,C,16,16)": {
+            "ours": lambda: F.dropout2d(x4, P),
+            "torch eager": lambda: torch.nn.functional.dropout2d(x4, P),
+            "x * 2.0": lambda: x4 * 2.0,
+        },
+        "drop_path (64,...)": {
+            "ours": lambda: F.drop_path(x4, P),
+            # timm's drop_path
+            "torch eager": lambda: x4 * x4.new_empty(64, 1, 1, 1).bernoulli_(1 - P).div_(1 - P),
+            "x * 2.0": lambda: x4 * 2.0,
+        },
+        "alpha_dropout": {
+            "ours": lambda: F.alpha_dropout(x, P, True),
+            "torch eager": lambda: torch.nn.functional.alpha_dropout(x, P, True),
+        },
+    }
+    if with_compile:
+        da = torch.compile(lambda x_, r_: r_ + torch.nn.functional.dropout(x_, P), dynamic=False)
+        bda = torch.compile(lambda x_, b_, r_: r_ + torch.nn.functional.dropout(x_ + b_, P), dynamic=False)
+        cases["dropout_add"]["torch.compile"] = lambda: da(xv, r)
+        cases["bias_dropout_add"]["torch.compile"] = lambda: bda(xv, b, r)
+    rows = []
+    for name, fns in cases.items():
+        fns = {k: v for k, v in fns.items() if v is not None}
+        t = interleaved(fns, reps)
+        row = {"op": name, "ms ours": round(t["ours"] * 1e3, 2), "ms torch eager": round(t["torch eager"] * 1e3, 2),
+               "ours vs eager": "%.1fx" % (t["torch eager"] / t["ours"])}
+        if "torch.compile" in t:
+            row["ms torch.compile"] = round(t["torch.compile"] * 1e3, 2)
+            row["ours vs compile"] = "%.1fx" % (t["torch.compile"] / t["ours"])
+        if "x * 2.0" in t:
+            row["ms x*2"] = round(t["x * 2.0"] * 1e3, 2)
+            row["ours/x*2"] = round(t["x * 2.0"] / t["ours"], 2)
+        rows.append(row)
+    return rows
+
+
 def bench_isas(n, dtype_name, reps):
     """Forward of each CPU path in one interleaved run."""
     dtype = DTYPES[dtype_name]
@@ -206,6 +262,11 @@ def main(argv=None):
     print(table(main_rows, ["dtype", "numel", "f+b ms torch", "f+b ms seed", "f+b ms bits", "f+b speedup",
                             "saved B torch", "saved B seed", "saved B bits"]))
 
+    family_rows = bench_family(args.reps, not args.no_compile, n=max(sizes) if args.quick else 1 << 24)
+    print("\nDropout family, float32, 2^%d elements, p=0.5" % ((max(sizes) if args.quick else 1 << 24).bit_length() - 1))
+    print(table(family_rows, ["op", "ms ours", "ms torch eager", "ms torch.compile", "ms x*2", "ours vs eager",
+                              "ours vs compile", "ours/x*2"]))
+
     isa_rows = []
     for threads in sorted({1, default_threads}):
         torch.set_num_threads(threads)
@@ -219,7 +280,7 @@ def main(argv=None):
     print("\nForward by CPU path and thread count")
     print(table(isa_rows, isa_cols))
 
-    result = {"info": info, "main": main_rows, "isa": isa_rows}
+    result = {"info": info, "main": main_rows, "family": family_rows, "isa": isa_rows}
     if not args.no_plot:
         curve_sizes = [1 << k for k in range(14, 27, 2)] if not args.quick else sizes
         result["curve"] = bench_curve(curve_sizes, max(5, args.reps // 2), not args.no_compile)

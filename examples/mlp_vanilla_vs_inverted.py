@@ -14,10 +14,12 @@ import dropout_ext
 
 
 def make_data(n, dim=20, classes=4, seed=0):
-    """Points labelled by a fixed random two-layer teacher network, plus label noise."""
+    """Points labelled by a fixed random two-layer teacher network (the same for every
+    split), plus 5% label noise; `seed` picks the points."""
+    teacher = torch.Generator().manual_seed(1234)
+    w1 = torch.randn(dim, 64, generator=teacher)
+    w2 = torch.randn(64, classes, generator=teacher)
     g = torch.Generator().manual_seed(seed)
-    w1 = torch.randn(dim, 64, generator=g)
-    w2 = torch.randn(64, classes, generator=g)
     x = torch.randn(n, dim, generator=g)
     y = (torch.tanh(x @ w1) @ w2).argmax(1)
     flip = torch.rand(n, generator=g) < 0.05
