@@ -86,17 +86,23 @@ def extension():
     # every backend; no -march: SIMD paths are chosen at run time (csrc/cpu/kernels_simd.cpp).
     # -fopenmp: at::parallel_for is inline OpenMP code; without it the loop runs serially.
     cxx = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+    link = ["-fopenmp"]
+    sanitize = os.environ.get("DROPOUT_EXT_SANITIZE")  # e.g. "address" (tools/asan_check.sh)
+    if sanitize:
+        cxx += ["-fsanitize=" + sanitize, "-fno-omit-frame-pointer", "-g"]
+        link += ["-fsanitize=" + sanitize]
     use_cuda, why = want_cuda()
     config = {
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "cuda": why,
         "cxx flags": " ".join(cxx),
+        "sanitizer": sanitize or "off",
     }
     include_dirs = [os.path.join(here, "csrc")]
     if not use_cuda:
         ext = CppExtension("dropout_ext._C", sources, include_dirs=include_dirs,
-                           extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"])
+                           extra_compile_args={"cxx": cxx}, extra_link_args=link)
     else:
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", RELEASE_ARCH_LIST)
         incs, libs = pip_cuda_dirs()
@@ -104,7 +110,7 @@ def extension():
         nvcc = ["-O3", "--fmad=false", "-lineinfo", "--expt-relaxed-constexpr"]
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         ext = CUDAExtension("dropout_ext._C", sources, include_dirs=include_dirs + incs,
-                            library_dirs=libs, extra_link_args=["-fopenmp"],
+                            library_dirs=libs, extra_link_args=link,
                             extra_compile_args={"cxx": cxx + ["-DDROPOUT_EXT_WITH_CUDA"],
                                                 "nvcc": nvcc + ["-DDROPOUT_EXT_WITH_CUDA"]})
         config.update({

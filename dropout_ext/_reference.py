@@ -127,7 +127,7 @@ def _fused(input, bias, residual, rng, p, save_bits):
     factor = _factor(keep, p, True, input.dtype)
     acc = factor.dtype
     x = input.reshape(-1).to(acc)
-    if bias is not None:
+    if bias is not None and x.numel():
         x = (x.view(-1, bias.numel()) + bias.to(acc)).view(-1)
     y = residual.reshape(-1).to(acc) + x * factor
     bits = pack_bits(keep) if save_bits else _no_bits(input)

@@ -90,10 +90,28 @@ def _rng_state(input, seed, generator):
     return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device, generator=generator)
 
 
+def _may_overlap(t):
+    """True when two elements of t may share memory. Dims sorted by stride: each stride
+    must pass the extent of the smaller ones (torch's own check gives up on non-dense
+    strides and then writes anyway; an in-place dropout there would be ill-defined)."""
+    extent = 0
+    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
+        if stride <= extent:
+            return True
+        extent += (size - 1) * stride
+    return False
+
+
 def _check_inplace(input):
     if torch.compiler.is_compiling():
         return
-    if torch._debug_has_internal_overlap(input) == 1:
+    if input.is_inference() and not torch.is_inference_mode_enabled():
+        raise RuntimeError(
+            "Inplace update to inference tensor outside InferenceMode is not allowed.You can make "
+            "a clone to get a normal tensor before doing inplace update.See "
+            "https://github.com/pytorch/rfcs/pull/17 for more details."
+        )
+    if _may_overlap(input):
         raise RuntimeError(
             "unsupported operation: more than one element of the written-to tensor refers to a "
             "single memory location. Please clone() the tensor before performing the operation."
@@ -119,6 +137,10 @@ def _masked(input, rng, p, scale_train, group, inplace):
             out, _ = ops.dropout(input, rng, p, scale_train, group, _save_bits(input))
             return input.copy_(out)
         ops.dropout_(input, rng, p, scale_train, group, False)
+        # A custom op does not bump the version counter as torch's in-place ops do; without
+        # it, autograd could not tell that a tensor saved for another op's backward changed.
+        if not torch.compiler.is_compiling() and not input.is_inference():
+            torch.autograd.graph.increment_version(input)
         return input
     out, _ = ops.dropout(input, rng, p, scale_train, group, _save_bits(input))
     return out

@@ -1,0 +1,162 @@
+"""Reliability: more bad input, 64-bit indexing on the CPU, memory that stays flat over
+100,000 calls, AddressSanitizer, and thread safety."""
+import concurrent.futures
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from testing import HAS_COMPILED, assert_same_bits, requires_compiled
+
+from dropout_ext import _backend, _reference
+from dropout_ext import functional as F
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_inplace_on_inference_tensor_outside_inference_mode(backend):
+    with torch.inference_mode():
+        x = torch.randn(10)
+    before = x.clone()
+    with pytest.raises(RuntimeError, match="[Ii]nference"):
+        F.dropout(x, 0.5, inplace=True)
+    assert torch.equal(x, before)
+    with torch.inference_mode():  # inside inference mode it works
+        F.dropout(x, 0.5, inplace=True)
+
+
+def test_inplace_bumps_version_like_torch(backend):
+    """A tensor saved for another op's backward and then changed by an in-place dropout
+    makes that backward raise, as with torch's own in-place ops."""
+    for fn in (lambda t: F.dropout(t, 0.5, inplace=True), lambda t: F.dropout1d(t, 0.5, inplace=True),
+               lambda t: torch.nn.functional.dropout(t, 0.5, inplace=True)):
+        w = torch.randn(4, 6, 5, requires_grad=True)
+        x = torch.randn(4, 6, 5)
+        y = (w * x).sum()
+        v = x._version
+        fn(x)
+        assert x._version > v
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.backward()
+
+
+def test_inplace_on_view_of_leaf_that_requires_grad(backend):
+    leaf = torch.randn(4, 4, requires_grad=True)
+    view = leaf[0]
+    before = leaf.detach().clone()
+    with pytest.raises(RuntimeError, match="view of a leaf Variable"):
+        F.dropout(view, 0.5, inplace=True)
+    assert torch.equal(leaf.detach(), before)
+
+
+def test_inplace_on_overlapping_strides_never_writes(backend):
+    base = torch.randn(8)
+    x = base.as_strided((4, 4), (1, 1))  # rows overlap in memory
+    before = base.clone()
+    with pytest.raises(RuntimeError, match="more than one element"):
+        F.dropout(x, 0.5, inplace=True)
+    assert torch.equal(base, before)
+    out = F.dropout(x, 0.5, seed=1)  # out of place is fine
+    assert_same_bits(out, F.dropout(x.contiguous(), 0.5, seed=1))
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "0.5", None, torch.tensor([0.1, 0.2])])
+def test_bad_p_everywhere_leaves_input(backend, bad):
+    x = torch.randn(16, 4, 4)
+    before = x.clone()
+    for fn in (lambda: F.dropout(x, bad, inplace=True), lambda: F.dropout2d(x, bad, inplace=True),
+               lambda: F.drop_path(x, bad), lambda: F.dropout_add(x, x, bad),
+               lambda: F.alpha_dropout(x, bad, True, inplace=True)):
+        with pytest.raises((ValueError, TypeError)):
+            fn()
+    assert torch.equal(x, before)
+
+
+@requires_compiled
+def test_past_2_31_elements_on_cpu():
+    """64-bit indexing: a float16 tensor of 2**31 + 77 elements, checked against the
+    reference mask at a few indices around 2**31."""
+    n = (1 << 31) + 77
+    x = torch.ones(n, dtype=torch.float16)
+    seed = 0xC0FFEE
+    with _backend.use("compiled"):
+        F.dropout(x, 0.5, inplace=True, seed=seed)
+    idx = torch.tensor([0, 1, 2, 3, (1 << 31) - 2, (1 << 31) - 1, 1 << 31, (1 << 31) + 3, n - 2, n - 1]
+                       + torch.randint(0, n, (32,), generator=torch.Generator().manual_seed(0)).tolist())
+    j = idx // 4
+    words = _reference.philox4x32_10(j & 0xFFFFFFFF, j >> 32, 0, 0, seed & 0xFFFFFFFF, seed >> 32)
+    w = torch.stack(words, 1).gather(1, (idx % 4)[:, None]).squeeze(1)
+    expected = torch.where(w >= (1 << 31), 2.0, 0.0)
+    assert torch.equal(x[idx].float(), expected)
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@requires_compiled
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="needs /proc")
+def test_no_leak_over_100k_forward_backward_calls():
+    """Compiled kernels (the fallback is plain torch code): resident memory stays flat."""
+    x = torch.randn(256, requires_grad=True)
+    r = torch.randn(256, requires_grad=True)
+    b = torch.randn(16, requires_grad=True)
+    import dropout_ext
+
+    def step(i):
+        if i % 3 == 0:
+            out = F.dropout(x, 0.3)
+        elif i % 3 == 1:
+            out = F.bias_dropout_add(x.view(16, 16), b, r.view(16, 16), 0.3, seed=i)
+        else:
+            out = F.dropout2d(x.view(4, 8, 8), 0.3)
+        torch.autograd.grad(out.sum(), x)
+
+    with _backend.use("compiled"):
+        for storage in ("seed", "bits"):
+            dropout_ext.set_backward_storage(storage)
+            for i in range(5000):  # warm up allocator caches
+                step(i)
+    before = _rss_bytes()
+    with _backend.use("compiled"):
+        for i in range(100_000):
+            dropout_ext.set_backward_storage("bits" if i % 2 else "seed")
+            step(i)
+    dropout_ext.set_backward_storage("seed")
+    growth = _rss_bytes() - before
+    assert growth < 16 << 20, "resident memory grew by %.1f MiB" % (growth / 2**20)
+
+
+@requires_compiled
+@pytest.mark.skipif(shutil.which("g++") is None or not os.path.exists(
+    subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip() or "/nonexistent"),
+    reason="needs g++ with AddressSanitizer")
+def test_address_sanitizer_small_run(tmp_path):
+    """Builds the CPU extension with -fsanitize=address (tools/asan_check.sh) and runs every
+    op on every CPU path under it."""
+    env = dict(os.environ, ASAN_BUILD_DIR=str(tmp_path / "asan"))
+    proc = subprocess.run(["bash", os.path.join(ROOT, "tools", "asan_check.sh")], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=900)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    assert "ERROR: AddressSanitizer" not in output
+    assert "asan check passed" in output
+
+
+def test_threads_give_the_same_results_as_serial(backend):
+    xs = [torch.randn(1 << 15) for _ in range(8)]
+    jobs = [(i, s) for s in range(16) for i in range(8)]
+
+    def work(job):
+        i, s = job
+        return F.dropout(xs[i], 0.3, seed=s), F.bias_dropout_add(xs[i].view(-1, 64), xs[i][:64], xs[i].view(-1, 64), 0.3, seed=s)
+
+    serial = [work(j) for j in jobs]
+    with _backend.use(backend), concurrent.futures.ThreadPoolExecutor(4) as pool:
+        parallel = list(pool.map(work, jobs))
+    for (a1, b1), (a2, b2) in zip(serial, parallel):
+        assert_same_bits(a1, a2)
+        assert_same_bits(b1, b2)
