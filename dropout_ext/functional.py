@@ -94,6 +94,8 @@ def _may_overlap(t):
     """True when two elements of t may share memory. Dims sorted by stride: each stride
     must pass the extent of the smaller ones (torch's own check gives up on non-dense
     strides and then writes anyway; an in-place dropout there would be ill-defined)."""
+    if t.numel() == 0:
+        return False
     extent = 0
     for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
         if stride <= extent:
