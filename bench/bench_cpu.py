@@ -13,7 +13,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import interleaved, saved_bytes, table  # noqa: E402
+from common import interleaved, saved_bytes, table, with_storage  # noqa: E402
 
 import dropout_ext  # noqa: E402
 from dropout_ext import _backend  # noqa: E402
@@ -57,17 +57,6 @@ def fwd_bwd(fn, x, g):
     def run():
         xr = x.detach().requires_grad_()
         fn(xr).backward(g)
-    return run
-
-
-def with_storage(mode, fn):
-    def run():
-        old = dropout_ext.backward_storage()
-        dropout_ext.set_backward_storage(mode)
-        try:
-            return fn()
-        finally:
-            dropout_ext.set_backward_storage(old)
     return run
 
 
@@ -283,7 +272,7 @@ def main(argv=None):
     result = {"info": info, "main": main_rows, "family": family_rows, "isa": isa_rows}
     if not args.no_plot:
         curve_sizes = [1 << k for k in range(14, 27, 2)] if not args.quick else sizes
-        result["curve"] = bench_curve(curve_sizes, max(5, args.reps // 2), not args.no_compile)
+        result["curve"] = bench_curve(curve_sizes, args.reps, not args.no_compile)
         png = plot(result["curve"], os.path.join(args.out, "cpu.png"))
         if png:
             print("\nplot: %s" % png)

@@ -14,7 +14,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import table  # noqa: E402
+from common import table, with_storage  # noqa: E402
 
 import dropout_ext  # noqa: E402
 from dropout_ext import functional as F  # noqa: E402
@@ -41,17 +41,6 @@ def cuda_interleaved(fns, reps, warmup=3):
         for name, (s, e) in events.items():
             times[name].append(s.elapsed_time(e) / 1e3)
     return {k: statistics.median(v) for k, v in times.items()}
-
-
-def with_storage(mode, fn):
-    def run():
-        old = dropout_ext.backward_storage()
-        dropout_ext.set_backward_storage(mode)
-        try:
-            return fn()
-        finally:
-            dropout_ext.set_backward_storage(old)
-    return run
 
 
 def bench(n, dtype_name, reps):

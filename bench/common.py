@@ -48,3 +48,17 @@ def table(rows, columns):
     for r in rows:
         out.append("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
     return "\n".join(out)
+
+
+def with_storage(mode, fn):
+    """fn run with dropout_ext's backward storage set to `mode` ("seed" or "bits")."""
+    import dropout_ext
+
+    def run():
+        old = dropout_ext.backward_storage()
+        dropout_ext.set_backward_storage(mode)
+        try:
+            return fn()
+        finally:
+            dropout_ext.set_backward_storage(old)
+    return run

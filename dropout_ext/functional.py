@@ -207,6 +207,21 @@ def _channel_dropout(input, p, training, inplace, seed, generator, batched_dim):
     return _feature_dropout(input, p, training, inplace, seed, generator)
 
 
+def _warn_unusual_rank(spatial, inp_dim):
+    """torch's deprecation warning for dropout2d/3d on an input of another rank (stacklevel
+    3: the user's call of dropout2d/3d)."""
+    name = "dropout%dd" % spatial
+    if inp_dim not in (spatial + 1, spatial + 2):
+        warnings.warn(
+            f"{name}: Received a {inp_dim}-D input to {name}, which is deprecated "
+            "and will result in an error in a future release. To retain the behavior "
+            f"and silence this warning, please use dropout instead. Note that {name} "
+            f"exists to provide channel-wise dropout on inputs with {spatial} spatial dimensions, "
+            f"a channel dimension, and an optional batch dimension (i.e. {spatial + 1}D or {spatial + 2}D inputs).",
+            stacklevel=3,
+        )
+
+
 def dropout1d(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None):
     """torch.nn.functional.dropout1d: zero whole channels of (N, C, L) or (C, L) input."""
     p = _check_p(p)
@@ -226,15 +241,7 @@ def dropout2d(input, p=0.5, training=True, inplace=False, *, seed=None, generato
     p = _check_p(p)
     _check_input(input)
     inp_dim = input.dim()
-    if inp_dim not in (3, 4):
-        warnings.warn(
-            f"dropout2d: Received a {inp_dim}-D input to dropout2d, which is deprecated "
-            "and will result in an error in a future release. To retain the behavior "
-            "and silence this warning, please use dropout instead. Note that dropout2d "
-            "exists to provide channel-wise dropout on inputs with 2 spatial dimensions, "
-            "a channel dimension, and an optional batch dimension (i.e. 3D or 4D inputs).",
-            stacklevel=2,
-        )
+    _warn_unusual_rank(2, inp_dim)
     if inp_dim == 3:
         warnings.warn(
             "dropout2d: Received a 3D input to dropout2d and assuming that channel-wise "
@@ -251,16 +258,7 @@ def dropout3d(input, p=0.5, training=True, inplace=False, *, seed=None, generato
     """torch.nn.functional.dropout3d: zero whole channels of (N, C, D, H, W) or (C, D, H, W)."""
     p = _check_p(p)
     _check_input(input)
-    inp_dim = input.dim()
-    if inp_dim not in (4, 5):
-        warnings.warn(
-            f"dropout3d: Received a {inp_dim}-D input to dropout3d, which is deprecated "
-            "and will result in an error in a future release. To retain the behavior "
-            "and silence this warning, please use dropout instead. Note that dropout3d "
-            "exists to provide channel-wise dropout on inputs with 3 spatial dimensions, "
-            "a channel dimension, and an optional batch dimension (i.e. 4D or 5D inputs).",
-            stacklevel=2,
-        )
+    _warn_unusual_rank(3, input.dim())
     return _channel_dropout(input, p, training, inplace, seed, generator, batched_dim=5)
 
 

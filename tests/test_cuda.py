@@ -2,7 +2,8 @@
 CUDA graphs; torch.compile; opcheck; 64-bit indexing. Skipped (visibly) without a GPU."""
 import pytest
 import torch
-from testing import DTYPES, LAYOUTS, SHAPES, assert_same_bits, backend_ctx, keep_mask, make, requires_gpu
+from testing import (DTYPES, LAYOUTS, SHAPES, assert_same_bits, backend_ctx, make, requires_gpu,
+                     storage_ctx)
 
 import dropout_ext
 from dropout_ext import _backend, _reference
@@ -59,9 +60,7 @@ def test_python_backend_on_gpu_equals_compiled():
 @pytest.mark.parametrize("storage", ["seed", "bits"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_gpu_masks_and_gradients_equal_cpu(storage, dtype):
-    old = dropout_ext.backward_storage()
-    dropout_ext.set_backward_storage(storage)
-    try:
+    with storage_ctx(storage):
         x = torch.randn(3, 1000, dtype=dtype)
         g = torch.randn_like(x)
         grads = []
@@ -76,8 +75,6 @@ def test_gpu_masks_and_gradients_equal_cpu(storage, dtype):
         _, bits_cpu = ops.dropout(x, rng, 0.25, True, 1, True)
         _, bits_gpu = ops.dropout(x.cuda(), rng, 0.25, True, 1, True)
         assert torch.equal(bits_gpu.cpu(), bits_cpu)
-    finally:
-        dropout_ext.set_backward_storage(old)
 
 
 def test_rng_on_device_equals_rng_on_host():

@@ -5,10 +5,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from testing import (BACKENDS, CPU_ISAS, DTYPES, LAYOUTS, SHAPES, assert_same_bits, backend_ctx,
-                     cpu_isa_ctx, keep_mask, make, requires_compiled)
+from testing import (CPU_ISAS, DTYPES, LAYOUTS, SHAPES, assert_same_bits, backend_ctx,
+                     cpu_isa_ctx, keep_mask, make, requires_compiled, storage_ctx)
 
-import dropout_ext
 from dropout_ext import _backend
 from dropout_ext import functional as F
 
@@ -170,22 +169,16 @@ def test_empty_and_zero_dim(backend, shape):
 
 @pytest.mark.parametrize("storage", ["seed", "bits"])
 def test_gradcheck_float64(backend, storage):
-    old = dropout_ext.backward_storage()
-    dropout_ext.set_backward_storage(storage)
-    try:
+    with storage_ctx(storage):
         x = torch.randn(7, 9, dtype=torch.float64, requires_grad=True)
         assert torch.autograd.gradcheck(lambda t: F.dropout(t, 0.3, seed=8), (x,))
         assert torch.autograd.gradgradcheck(lambda t: F.dropout(t, 0.3, seed=8), (x,))
-    finally:
-        dropout_ext.set_backward_storage(old)
 
 
 @pytest.mark.parametrize("storage", ["seed", "bits"])
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed"])
 def test_backward_is_grad_times_mask_times_scale(backend, dtype, storage, layout):
-    old = dropout_ext.backward_storage()
-    dropout_ext.set_backward_storage(storage)
-    try:
+    with storage_ctx(storage):
         x = make(layout, (2, 3, 4, 5), dtype).requires_grad_()
         p = 0.35
         out = F.dropout(x, p, seed=21)
@@ -196,27 +189,21 @@ def test_backward_is_grad_times_mask_times_scale(backend, dtype, storage, layout
         expected = (g.to(acc) * torch.where(keep, torch.tensor(1 / (1 - p), dtype=acc), torch.tensor(0.0, dtype=acc))).to(dtype)
         assert_same_bits(x.grad, expected)
         assert x.grad.stride() == x.stride()
-    finally:
-        dropout_ext.set_backward_storage(old)
 
 
 def test_backward_storage_bytes():
     """What autograd saves: at most numel / 8 + 64 bytes in either mode."""
     n = 1 << 16
     for storage, limit in (("seed", 64), ("bits", n // 8 + 64)):
-        dropout_ext.set_backward_storage(storage)
         saved = []
 
         def pack(t):
             saved.append(t.numel() * t.element_size())
             return t
 
-        try:
-            x = torch.randn(n, requires_grad=True)
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                F.dropout(x, 0.5, seed=1)
-        finally:
-            dropout_ext.set_backward_storage("seed")
+        x = torch.randn(n, requires_grad=True)
+        with storage_ctx(storage), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            F.dropout(x, 0.5, seed=1)
         assert 0 < sum(saved) <= limit, (storage, saved)
 
 

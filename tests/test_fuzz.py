@@ -10,9 +10,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from testing import CPU_ISAS, HAS_COMPILED, assert_same_bits, backend_ctx, cpu_isa_ctx
+from testing import CPU_ISAS, HAS_COMPILED, assert_same_bits, backend_ctx, cpu_isa_ctx, storage_ctx
 
-import dropout_ext
 from dropout_ext import functional as F
 
 settings.register_profile("ci", max_examples=400, deadline=None, derandomize=True, database=None,
@@ -108,9 +107,7 @@ def run(op, x, p, seed, aux):
        op=st.sampled_from(OPS), storage=st.sampled_from(["seed", "bits"]))
 def test_compiled_paths_equal_python(x, p, seed, op, storage):
     aux = torch.randn(x.shape, dtype=x.dtype) if op == "dropout_add" else torch.randn(1, dtype=x.dtype)
-    old = dropout_ext.backward_storage()
-    dropout_ext.set_backward_storage(storage)
-    try:
+    with storage_ctx(storage):
         with backend_ctx("python"):
             ref_out, ref_grad = run(op, x, p, seed, aux)
         if ref_out is None:
@@ -121,5 +118,3 @@ def test_compiled_paths_equal_python(x, p, seed, op, storage):
             assert_same_bits(out, ref_out)
             if ref_grad is not None:
                 assert_same_bits(grad, ref_grad)
-    finally:
-        dropout_ext.set_backward_storage(old)

@@ -1,7 +1,7 @@
 """Philox4x32-10 known-answer vectors (SPEC section 3) on every backend and CPU path."""
 import pytest
 import torch
-from testing import BACKENDS, DEVICES, assert_same_bits, keep_mask
+from testing import BACKENDS, keep_mask
 
 from dropout_ext import _backend, _reference
 from dropout_ext import functional as F

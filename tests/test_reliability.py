@@ -4,11 +4,10 @@ import concurrent.futures
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
-from testing import HAS_COMPILED, assert_same_bits, requires_compiled
+from testing import assert_same_bits, requires_compiled, storage_ctx
 
 from dropout_ext import _backend, _reference
 from dropout_ext import functional as F
@@ -112,20 +111,18 @@ def test_no_leak_over_100k_forward_backward_calls():
         elif i % 3 == 1:
             out = F.bias_dropout_add(x.view(16, 16), b, r.view(16, 16), 0.3, seed=i)
         else:
-            out = F.dropout2d(x.view(4, 8, 8), 0.3)
+            out = F.dropout2d(x.view(4, 8, 4, 2), 0.3)
         torch.autograd.grad(out.sum(), x)
 
-    with _backend.use("compiled"):
+    with _backend.use("compiled"), storage_ctx(dropout_ext.backward_storage()):  # restores it after
         for storage in ("seed", "bits"):
             dropout_ext.set_backward_storage(storage)
             for i in range(5000):  # warm up allocator caches
                 step(i)
-    before = _rss_bytes()
-    with _backend.use("compiled"):
+        before = _rss_bytes()
         for i in range(100_000):
             dropout_ext.set_backward_storage("bits" if i % 2 else "seed")
             step(i)
-    dropout_ext.set_backward_storage("seed")
     growth = _rss_bytes() - before
     assert growth < 16 << 20, "resident memory grew by %.1f MiB" % (growth / 2**20)
 

@@ -88,6 +88,22 @@ def keep_mask(shape, p, seed, device="cpu"):
     return _reference.keep_mask(rng, p, n, torch.device(device)).reshape(shape)
 
 
+def storage_ctx(mode):
+    """Context manager: backward keeps `mode` ("seed" or "bits") inside."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        old = dropout_ext.backward_storage()
+        dropout_ext.set_backward_storage(mode)
+        try:
+            yield
+        finally:
+            dropout_ext.set_backward_storage(old)
+
+    return ctx()
+
+
 def backend_ctx(name):
     return _backend.use(name)
 

@@ -18,13 +18,11 @@
 #include <torch/library.h>
 
 #include "../common.h"
-#include "../philox.h"
+#include "../pass_args.h"
 
 namespace dropout_ext {
 namespace cuda {
 namespace {
-
-enum class Op : int { Dropout = 0, DropoutAdd = 1, BiasDropoutAdd = 2 };
 
 constexpr int kUnit = 8;  // elements per thread iteration (one mask byte)
 constexpr int kThreads = 256;
@@ -34,22 +32,7 @@ struct alignas(sizeof(T) * kUnit) Unit {
   T v[kUnit];
 };
 
-struct KernelArgs {
-  const void* x = nullptr;
-  const void* residual = nullptr;
-  const void* bias = nullptr;
-  int64_t bias_len = 1;
-  void* out = nullptr;
-  const uint8_t* bits_in = nullptr;
-  uint8_t* bits_out = nullptr;
-  const int64_t* rng = nullptr;  // device (key, base), or null: use mask.key / mask.base
-  int64_t numel = 0;
-  int64_t group = 1;
-  bool vec = false;
-  MaskParams mask;
-};
-
-__device__ __forceinline__ MaskParams load_mask(const KernelArgs& a) {
+__device__ __forceinline__ MaskParams load_mask(const PassArgs& a) {
   MaskParams m = a.mask;
   if (a.rng) {
     m.key = static_cast<uint64_t>(a.rng[0]);
@@ -73,7 +56,7 @@ __device__ __forceinline__ uint8_t draw_byte(const MaskParams& m, int64_t u, int
 }
 
 template <typename T, Op OP>
-__device__ __forceinline__ T apply_one(const KernelArgs& a, T x, T r, int64_t i, at::opmath_type<T> f) {
+__device__ __forceinline__ T apply_one(const PassArgs& a, T x, T r, int64_t i, at::opmath_type<T> f) {
   using acc_t = at::opmath_type<T>;
   acc_t v = static_cast<acc_t>(x);
   if (OP == Op::BiasDropoutAdd) v = v + static_cast<acc_t>(static_cast<const T*>(a.bias)[i % a.bias_len]);
@@ -85,7 +68,7 @@ __device__ __forceinline__ T apply_one(const KernelArgs& a, T x, T r, int64_t i,
 // One pass over the data. FROM_BITS: the mask is read from bits_in (word i / group);
 // else drawn from Philox (group == 1) and optionally written to bits_out.
 template <typename T, Op OP, bool FROM_BITS>
-__global__ void __launch_bounds__(kThreads) pass_kernel(const KernelArgs a) {
+__global__ void __launch_bounds__(kThreads) pass_kernel(const PassArgs a) {
   using acc_t = at::opmath_type<T>;
   const MaskParams m = load_mask(a);
   const acc_t scale = static_cast<acc_t>(sizeof(T) == 8 ? m.scale_d : m.scale_f);
@@ -132,7 +115,7 @@ __global__ void __launch_bounds__(kThreads) pass_kernel(const KernelArgs a) {
 }
 
 // Keep bits of mask words [0, words) (channel-wise and per-sample dropout).
-__global__ void __launch_bounds__(kThreads) fill_bits_kernel(const KernelArgs a, int64_t words) {
+__global__ void __launch_bounds__(kThreads) fill_bits_kernel(const PassArgs a, int64_t words) {
   const MaskParams m = load_mask(a);
   const int64_t units = (words + kUnit - 1) / kUnit;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -160,7 +143,7 @@ int grid_for(int64_t units) {
 bool aligned(const void* p, int64_t bytes) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
 template <typename T, Op OP, bool FROM_BITS>
-void launch(KernelArgs a) {
+void launch(PassArgs a) {
   if (a.numel == 0) return;
   const int64_t unit_bytes = int64_t(sizeof(T)) * kUnit;
   a.vec = aligned(a.x, unit_bytes) && aligned(a.out, unit_bytes) && aligned(a.residual, unit_bytes);
@@ -170,7 +153,7 @@ void launch(KernelArgs a) {
 }
 
 // (key, base): by value from a CPU rng tensor, or a pointer into a CUDA one.
-void set_rng(KernelArgs& a, const at::Tensor& rng, const at::Tensor& input, double p, bool scale_train) {
+void set_rng(PassArgs& a, const at::Tensor& rng, const at::Tensor& input, double p, bool scale_train) {
   check_rng(rng);
   if (rng.device().is_cpu()) {
     a.mask = mask_params_from_cpu(rng, p, scale_train);
@@ -188,7 +171,7 @@ void check_cuda(const at::Tensor& t, const at::Tensor& input, const char* what) 
 }
 
 // Fills the words' bits first when the op is channel-wise, then streams the data.
-void run(const at::Tensor& x, bool from_bits, KernelArgs a) {
+void run(const at::Tensor& x, bool from_bits, PassArgs a) {
   const int64_t words = a.numel / a.group;
   at::Tensor scratch;
   if (!from_bits && a.group > 1) {
@@ -197,7 +180,7 @@ void run(const at::Tensor& x, bool from_bits, KernelArgs a) {
       scratch = at::empty({(words + 7) / 8}, x.options().dtype(at::kByte));
       bits = scratch.data_ptr<uint8_t>();
     }
-    KernelArgs f = a;
+    PassArgs f = a;
     f.bits_out = bits;
     if (words > 0) {
       fill_bits_kernel<<<grid_for((words + 7) / 8), kThreads, 0, at::cuda::getCurrentCUDAStream()>>>(f, words);
@@ -213,8 +196,8 @@ void run(const at::Tensor& x, bool from_bits, KernelArgs a) {
   });
 }
 
-KernelArgs base_args(const at::Tensor& x, const at::Tensor& out, int64_t group) {
-  KernelArgs a;
+PassArgs base_args(const at::Tensor& x, const at::Tensor& out, int64_t group) {
+  PassArgs a;
   a.x = x.data_ptr();
   a.out = out.data_ptr();
   a.numel = x.numel();
@@ -231,7 +214,7 @@ std::tuple<at::Tensor, at::Tensor> dropout_cuda(const at::Tensor& input, const a
   const at::Tensor x = input.contiguous();
   OutputBuffers o = make_output(input);
   at::Tensor bits = new_bits(input, words, save_bits);
-  KernelArgs a = base_args(x, o.work, group);
+  PassArgs a = base_args(x, o.work, group);
   set_rng(a, rng, input, p, scale_train);
   a.bits_out = save_bits ? bits.data_ptr<uint8_t>() : nullptr;
   run(x, false, a);
@@ -248,7 +231,7 @@ at::Tensor dropout_inplace_cuda(at::Tensor& input, const at::Tensor& rng, double
   at::Tensor bits = new_bits(input, words, save_bits);
   const at::Tensor x = input.contiguous();
   at::Tensor work = x.is_same(input) ? input : at::empty_like(x);
-  KernelArgs a = base_args(x, work, group);
+  PassArgs a = base_args(x, work, group);
   set_rng(a, rng, input, p, scale_train);
   a.bits_out = save_bits ? bits.data_ptr<uint8_t>() : nullptr;
   run(x, false, a);
@@ -268,7 +251,7 @@ at::Tensor apply_mask_bits_cuda(const at::Tensor& input, const at::Tensor& bits,
   const at::Tensor x = input.contiguous();
   const at::Tensor b = bits.contiguous();
   OutputBuffers o = make_output(input);
-  KernelArgs a = base_args(x, o.work, group);
+  PassArgs a = base_args(x, o.work, group);
   a.mask = make_mask_params(0, 0, p, scale_train);
   a.bits_in = b.data_ptr<uint8_t>();
   run(x, true, a);
@@ -289,7 +272,7 @@ std::tuple<at::Tensor, at::Tensor> fused_cuda(Op op, const at::Tensor& input, co
   const at::Tensor b = bias ? bias->contiguous() : at::Tensor();
   OutputBuffers o = make_output(input);
   at::Tensor bits = new_bits(input, input.numel(), save_bits);
-  KernelArgs a = base_args(x, o.work, 1);
+  PassArgs a = base_args(x, o.work, 1);
   set_rng(a, rng, input, p, /*scale_train=*/true);
   a.residual = r.data_ptr();
   if (bias) {
