@@ -5,15 +5,20 @@ import time
 
 
 def interleaved(fns, reps, warmup=2, sync=None):
-    """{name: median seconds}; each round times every contender once, in turn."""
+    """{name: median seconds}; each round times every contender once, in a rotated order."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     if sync:
         sync()
     times = {name: [] for name in fns}
-    for _ in range(reps):
-        for name, fn in fns.items():
+    names = list(fns)
+    for r in range(reps):
+        # rotate the order each round: no contender always runs right after the same one
+        # (a large allocation just freed by the previous contender changes the cost of the
+        # next one's page faults)
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            fn = fns[name]
             if sync:
                 sync()
             t0 = time.perf_counter()

@@ -22,13 +22,26 @@ def test_transformer_block_fused_equals_unfused():
     ex.main()  # asserts bit-identical outputs and gradients itself
 
 
-@pytest.mark.parametrize("script", ["bench_cpu.py"])
-def test_bench_smoke(tmp_path, script):
+@pytest.mark.parametrize("script,args,produced,column", [
+    ("bench_cpu.py", ["--quick", "--no-plot"], "cpu.json", "ours/x*2"),
+    # the GPU bench's own code, run on the CPU so that it is exercised without a GPU
+    ("bench_gpu.py", ["--device", "cpu", "--sizes", "14", "--reps", "2"], "gpu.json", "ours/copy_ BW"),
+])
+def test_bench_smoke(tmp_path, script, args, produced, column):
     import subprocess
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    proc = subprocess.run([sys.executable, os.path.join(root, "bench", script), "--quick", "--no-plot",
-                           "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, os.path.join(root, "bench", script), *args, "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert os.path.exists(tmp_path / "cpu.json")
-    assert "ours/x*2" in proc.stdout
+    assert os.path.exists(tmp_path / produced)
+    assert column in proc.stdout
+
+
+def test_readme_example_runs():
+    import re
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md")) as f:
+        code = re.search(r"```python\n(.*?)```", f.read(), re.S).group(1)
+    exec(compile(code, "README.md", "exec"), {})

@@ -163,3 +163,41 @@ def test_inplace_on_empty_tensor_with_zero_strides(backend):
     """Found by the fuzzer: an empty tensor whose strides look overlapping is fine."""
     x = torch.randn(1, 0).expand(2, 0)
     assert F.dropout(x, 0.5, inplace=True) is x
+
+
+@requires_compiled
+def test_large_outputs_reuse_cached_blocks():
+    """Freed outputs of >= 8 MiB are kept for reuse (no page faults on the next call) and
+    empty_cache() hands them back."""
+    import dropout_ext
+
+    x = torch.randn(1 << 22)  # 16 MiB
+    with _backend.use("compiled"):
+        dropout_ext.empty_cache()
+        a = F.dropout(x, 0.5, seed=1)
+        ptr = a.data_ptr()
+        del a
+        b = F.dropout(x, 0.5, seed=2)
+        assert b.data_ptr() == ptr
+        assert_same_bits(b, F.dropout(x.double(), 0.5, seed=2).float())  # reused memory, fresh values
+        del b
+        assert dropout_ext.empty_cache() >= x.numel() * 4
+        assert dropout_ext.empty_cache() == 0
+
+
+@requires_compiled
+def test_block_cache_limit_and_off_switch(tmp_path):
+    code = r"""
+import torch, dropout_ext
+from dropout_ext import functional as F
+outs = [F.dropout(torch.randn((1 << 22) + (k << 20)), 0.5) for k in range(5)]  # 16..32 MiB each
+del outs
+print(dropout_ext.empty_cache())
+"""
+    for limit, check in (("40", lambda b: 0 < b <= 40 << 20), ("0", lambda b: b == 0)):
+        env = dict(os.environ, DROPOUT_EXT_CPU_CACHE_MB=limit)
+        proc = subprocess.run([__import__("sys").executable, "-c", code], env=env, capture_output=True, text=True,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        freed = int(proc.stdout.strip().splitlines()[-1])
+        assert check(freed), (limit, freed)

@@ -8,6 +8,8 @@
 #endif
 
 #include <atomic>
+#include <map>
+#include <mutex>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -56,29 +58,84 @@ DType dtype_of(const at::Tensor& t) {
   return DType::Float32;
 }
 
-// Large outputs are placed on transparent huge pages (2 MiB aligned + MADV_HUGEPAGE), as
-// torch's own allocator does under THP_MEM_ALLOC_ENABLE=1: a fresh 64 MiB tensor otherwise
-// costs 16k page faults on its first write, more time than the dropout itself (measured:
-// x * 2.0 at 2**24 float32 takes 33 ms into a fresh tensor and 13.5 ms into a reused one).
-// DROPOUT_EXT_NO_HUGEPAGES=1 turns it off.
+// Large outputs (>= 8 MiB) get two treatments, because a fresh tensor costs more in page
+// faults than the dropout itself (measured: x * 2.0 at 2**24 float32 takes 33 ms into a
+// fresh tensor and 13.5 ms into a reused one):
+//  - they are placed on transparent huge pages (2 MiB aligned + MADV_HUGEPAGE), as torch's
+//    allocator does under THP_MEM_ALLOC_ENABLE=1 (DROPOUT_EXT_NO_HUGEPAGES=1 turns it off);
+//  - freed blocks are kept for reuse, like the CUDA caching allocator does, up to
+//    DROPOUT_EXT_CPU_CACHE_MB idle megabytes (default 1024; 0 turns it off). A training
+//    loop then faults its dropout outputs in once instead of on every call.
+//    dropout_ext.empty_cache() returns the idle blocks to the system.
 constexpr size_t kHugePage = size_t(2) << 20;
-constexpr size_t kHugePageMinBytes = size_t(8) << 20;  // padding stays under 25%
+constexpr size_t kLargeBytes = size_t(8) << 20;  // padding to 2 MiB stays under 25%
+
+class BlockCache {
+ public:
+  static BlockCache& get() {
+    static BlockCache* cache = new BlockCache();  // never destroyed: outlives every tensor
+    return *cache;
+  }
+  void* take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = idle_.find(bytes);
+    if (it == idle_.end()) return nullptr;
+    void* p = it->second;
+    idle_.erase(it);
+    idle_bytes_ -= bytes;
+    return p;
+  }
+  void give(void* p, size_t bytes) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (idle_bytes_ + bytes <= limit_) {
+        idle_.emplace(bytes, p);
+        idle_bytes_ += bytes;
+        return;
+      }
+    }
+    std::free(p);
+  }
+  int64_t clear() {
+    std::multimap<size_t, void*> blocks;
+    int64_t freed;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      blocks.swap(idle_);
+      freed = static_cast<int64_t>(idle_bytes_);
+      idle_bytes_ = 0;
+    }
+    for (auto& b : blocks) std::free(b.second);
+    return freed;
+  }
+
+ private:
+  BlockCache() {
+    const char* env = std::getenv("DROPOUT_EXT_CPU_CACHE_MB");
+    limit_ = (env && *env ? static_cast<size_t>(std::strtoull(env, nullptr, 10)) : 1024) << 20;
+  }
+  std::mutex mu_;
+  std::multimap<size_t, void*> idle_;
+  size_t idle_bytes_ = 0;
+  size_t limit_ = 0;
+};
 
 at::Tensor empty_rowmajor(const at::Tensor& like) {
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  static const bool disabled = std::getenv("DROPOUT_EXT_NO_HUGEPAGES") != nullptr;
   const size_t nbytes = static_cast<size_t>(like.numel()) * like.element_size();
-  if (!disabled && nbytes >= kHugePageMinBytes) {
-    const size_t padded = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
-    void* p = nullptr;
-    if (posix_memalign(&p, kHugePage, padded) == 0) {
-      madvise(p, padded, MADV_HUGEPAGE);  // a hint: without THP it changes nothing
-      return at::from_blob(p, like.sizes(), [](void* q) { std::free(q); }, like.options());
-    }
-  }
+  if (nbytes < kLargeBytes) return at::empty(like.sizes(), like.options());
+  const size_t padded = (nbytes + kHugePage - 1) / kHugePage * kHugePage;
+  void* p = BlockCache::get().take(padded);
+  if (!p) {
+    if (posix_memalign(&p, kHugePage, padded) != 0) return at::empty(like.sizes(), like.options());
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+    static const bool no_hugepages = std::getenv("DROPOUT_EXT_NO_HUGEPAGES") != nullptr;
+    if (!no_hugepages) madvise(p, padded, MADV_HUGEPAGE);  // a hint: without THP it changes nothing
 #endif
-  return at::empty(like.sizes(), like.options());
+  }
+  return at::from_blob(p, like.sizes(), [padded](void* q) { BlockCache::get().give(q, padded); }, like.options());
 }
+
+int64_t empty_cpu_cache() { return BlockCache::get().clear(); }
 
 void run_pass(PassArgs a) {
   if (a.numel == 0) return;
@@ -265,6 +322,7 @@ TORCH_LIBRARY_FRAGMENT(dropout_ext, m) {
   // Process-wide switches for tests and the bench; not part of the public API.
   m.def("_cpu_isa(str request) -> str", &dropout_ext::cpu::cpu_isa);
   m.def("_cpu_isas_supported() -> str[]", &dropout_ext::cpu::cpu_isas_supported);
+  m.def("_empty_cpu_cache() -> int", &dropout_ext::cpu::empty_cpu_cache);
 }
 
 TORCH_LIBRARY_IMPL(dropout_ext, CPU, m) {
