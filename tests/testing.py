@@ -1,5 +1,7 @@
 """Shared parameters and helpers: every test module draws its backend, device, dtype and
 layout products from here."""
+import contextlib
+
 import pytest
 import torch
 
@@ -88,40 +90,29 @@ def keep_mask(shape, p, seed, device="cpu"):
     return _reference.keep_mask(rng, p, n, torch.device(device)).reshape(shape)
 
 
+@contextlib.contextmanager
+def _switched(get, set_, value):
+    """Run the body with a process-wide setting switched to `value`, then restore it."""
+    old = get()
+    set_(value)
+    try:
+        yield
+    finally:
+        set_(old)
+
+
 def storage_ctx(mode):
-    """Context manager: backward keeps `mode` ("seed" or "bits") inside."""
-    import contextlib
+    """Backward keeps `mode` ("seed" or "bits") inside the block."""
+    return _switched(dropout_ext.backward_storage, dropout_ext.set_backward_storage, mode)
 
-    @contextlib.contextmanager
-    def ctx():
-        old = dropout_ext.backward_storage()
-        dropout_ext.set_backward_storage(mode)
-        try:
-            yield
-        finally:
-            dropout_ext.set_backward_storage(old)
 
-    return ctx()
+def cpu_isa_ctx(isa):
+    """The CPU kernels run on `isa` inside the block."""
+    return _switched(_backend.cpu_isa, _backend.cpu_isa, isa)
 
 
 def backend_ctx(name):
     return _backend.use(name)
-
-
-def cpu_isa_ctx(isa):
-    """Context manager that runs the CPU kernels on `isa`."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def ctx():
-        old = _backend.cpu_isa()
-        _backend.cpu_isa(isa)
-        try:
-            yield
-        finally:
-            _backend.cpu_isa(old)
-
-    return ctx()
 
 
 __all__ = [n for n in dir() if not n.startswith("_")] + ["dropout_ext"]
