@@ -201,3 +201,35 @@ print(dropout_ext.empty_cache())
         assert proc.returncode == 0, proc.stderr[-2000:]
         freed = int(proc.stdout.strip().splitlines()[-1])
         assert check(freed), (limit, freed)
+
+
+@requires_compiled
+def test_raw_ops_reject_bad_arguments():
+    """torch.ops.dropout_ext.* called directly (bypassing the Python checks) raise, never crash."""
+    ops = _backend.compiled_ops()
+    x = torch.randn(4, 8)
+    rng = torch.tensor([1, 2])
+    bad = [
+        lambda: ops.dropout(x, torch.tensor([1, 2, 3]), 0.5, True, 1, False),        # rng of 3
+        lambda: ops.dropout(x, torch.tensor([1.0, 2.0]), 0.5, True, 1, False),        # float rng
+        lambda: ops.dropout(x, rng, 1.5, True, 1, False),                             # p > 1
+        lambda: ops.dropout(x, rng, float("nan"), True, 1, False),                    # p NaN
+        lambda: ops.dropout(x, rng, 0.5, True, 0, False),                             # group 0
+        lambda: ops.dropout(x, rng, 0.5, True, 5, False),                             # group not dividing
+        lambda: ops.dropout(x.long(), rng, 0.5, True, 1, False),                      # int input
+        lambda: ops.dropout_(x.clone().int(), rng, 0.5, True, 1, False),
+        lambda: ops.apply_mask_bits(x, torch.zeros(3, dtype=torch.uint8), 0.5, True, 1),   # too few bits
+        lambda: ops.apply_mask_bits(x, torch.zeros(4), 0.5, True, 1),                 # float bits
+        lambda: ops.dropout_add(x, torch.randn(4, 7), rng, 0.5, False),               # shape
+        lambda: ops.dropout_add(x, x.double(), rng, 0.5, False),                      # dtype
+        lambda: ops.bias_dropout_add(x, torch.randn(7), x, rng, 0.5, False),          # bias length
+        lambda: ops.bias_dropout_add(x, torch.randn(2, 8), x, rng, 0.5, False),       # bias rank
+        lambda: ops.bias_dropout_add(torch.randn(()), torch.randn(1), torch.randn(()), rng, 0.5, False),
+        lambda: ops.philox4x32_10(torch.zeros(3, 3, dtype=torch.long), rng),          # counter shape
+        lambda: ops.philox4x32_10(torch.zeros(3, 4, dtype=torch.long), torch.tensor([1])),
+    ]
+    before = x.clone()
+    for i, fn in enumerate(bad):
+        with pytest.raises((RuntimeError, ValueError, TypeError)):
+            fn()
+    assert torch.equal(x, before)
