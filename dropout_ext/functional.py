@@ -128,11 +128,15 @@ def _save_bits(*tensors):
     )
 
 
-def _masked(input, rng, p, scale_train, group, inplace):
-    """Training-mode dropout with one mask word per `group` consecutive elements."""
+def _masked(input, p, scale_train, group, inplace, seed, generator):
+    """Training-mode dropout with one mask word per `group` consecutive elements. The
+    checks come before (key, base) is drawn, so a rejected call leaves the generator as
+    it was."""
     ops = _backend.ops()
     if inplace:
         _check_inplace(input)
+    rng = _rng_state(input, seed, generator)
+    if inplace:
         if torch.is_grad_enabled() and input.requires_grad:
             # Autograd of in-place writes is torch's: copy_ records the graph edge and
             # raises torch's error for a leaf that requires grad.
@@ -167,22 +171,20 @@ def dropout(input, p=0.5, training=True, inplace=False, *, seed=None, generator=
     _check_input(input)
     if not training:
         return _eval(input, p, inplace, scale_train)
-    rng = _rng_state(input, seed, generator)
-    return _masked(input, rng, p, scale_train, 1, inplace)
+    return _masked(input, p, scale_train, 1, inplace, seed, generator)
 
 
 # ------------------------------------------------------------------ channel-wise
 
 
-def _feature_dropout(input, p, training, inplace, seed, generator, scale_train=True):
+def _feature_dropout(input, p, training, inplace, seed, generator):
     """One mask word per (N, C) position of an input of at least 2 dims (torch's
     feature_dropout): `group` = the elements of one channel."""
     if input.dim() < 2:
         raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
     if not training:
-        return _eval(input, p, inplace, scale_train)
-    rng = _rng_state(input, seed, generator)
-    return _masked(input, rng, p, scale_train, _channel_size(input, 2), inplace)
+        return _eval(input, p, inplace, True)
+    return _masked(input, p, True, _channel_size(input, 2), inplace, seed, generator)
 
 
 def _channel_size(input, lead):
@@ -202,8 +204,7 @@ def _channel_dropout(input, p, training, inplace, seed, generator, batched_dim):
     if _unbatched(input, batched_dim):
         if input.dim() < 1:
             raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
-        rng = _rng_state(input, seed, generator)
-        return _masked(input, rng, p, True, _channel_size(input, 1), inplace)
+        return _masked(input, p, True, _channel_size(input, 1), inplace, seed, generator)
     return _feature_dropout(input, p, training, inplace, seed, generator)
 
 
@@ -315,8 +316,7 @@ def drop_path(input, p=0.5, training=True, *, seed=None, generator=None):
         raise ValueError("drop_path needs an input with a batch dimension, got a 0-dim tensor")
     if not training or p == 0.0:
         return input
-    rng = _rng_state(input, seed, generator)
-    return _masked(input, rng, p, True, _channel_size(input, 1), False)
+    return _masked(input, p, True, _channel_size(input, 1), False, seed, generator)
 
 
 # ------------------------------------------------------------------- fused residual
@@ -325,6 +325,8 @@ def drop_path(input, p=0.5, training=True, *, seed=None, generator=None):
 def _check_fused(input, residual, bias=None):
     _check_input(input)
     _check_input(residual, "residual")
+    if bias is not None:
+        _check_input(bias, "bias")
     for name, t in (("residual", residual),) + ((("bias", bias),) if bias is not None else ()):
         if t.dtype != input.dtype:
             raise TypeError("dropout_ext: %s must have the input's dtype %s, got %s" % (name, input.dtype, t.dtype))
@@ -334,7 +336,6 @@ def _check_fused(input, residual, bias=None):
         raise RuntimeError("dropout_ext: residual must have the input's shape %s, got %s"
                            % (tuple(input.shape), tuple(residual.shape)))
     if bias is not None:
-        _check_input(bias, "bias")
         if input.dim() < 1 or bias.dim() != 1 or bias.shape[0] != input.shape[-1]:
             raise RuntimeError("dropout_ext: bias must be 1-D with the input's last dimension (%s), got shape %s"
                                % (input.shape[-1] if input.dim() else "none", tuple(bias.shape)))

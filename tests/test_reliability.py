@@ -233,3 +233,22 @@ def test_raw_ops_reject_bad_arguments():
         with pytest.raises((RuntimeError, ValueError, TypeError)):
             fn()
     assert torch.equal(x, before)
+
+
+def test_rejected_call_leaves_the_generator_alone(backend):
+    """Checks run before (key, base) is drawn: a rejected in-place call does not advance
+    the generator."""
+    g = torch.Generator().manual_seed(4)
+    state = g.get_state()
+    x = torch.randn(1, 3).expand(4, 3)
+    with pytest.raises(RuntimeError, match="more than one element"):
+        F.dropout(x, 0.5, inplace=True, generator=g)
+    with pytest.raises(RuntimeError, match="more than one element"):
+        F.dropout2d(torch.randn(1, 3, 2, 2).expand(4, 3, 2, 2), 0.5, inplace=True, generator=g)
+    assert torch.equal(g.get_state(), state)
+
+
+def test_bias_not_a_tensor(backend):
+    x = torch.randn(2, 3)
+    with pytest.raises(TypeError, match="bias must be a torch.Tensor"):
+        F.bias_dropout_add(x, [0.0, 0.0, 0.0], x, 0.5)
