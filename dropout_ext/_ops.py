@@ -115,9 +115,9 @@ def register(namespace):
     torch.library.register_autograd(q + "dropout_add", dropout_add_backward, setup_context=dropout_add_setup)
 
     def bias_dropout_add_setup(ctx, inputs, output):
-        _, bias, _, rng, p, save_bits = inputs
+        input, _, _, rng, p, save_bits = inputs
         save_mask(ctx, rng, output[1], p, True, 1, save_bits)
-        ctx.leading_dims = tuple(range(inputs[0].dim() - 1))
+        ctx.leading_dims = tuple(range(input.dim() - 1))
 
     def bias_dropout_add_backward(ctx, grad_out, _grad_bits):
         grad_input = masked_grad(ctx, grad_out)

@@ -43,30 +43,51 @@ inline T apply_one(const PassArgs& a, int64_t i, typename Acc<T>::type f) {
   return T(0);
 }
 
+// Keep decisions for consecutive logical indices from `begin` on: one Philox block per
+// four elements.
+class KeepDraw {
+ public:
+  KeepDraw(const MaskParams& m, int64_t begin) : m_(m), begin_(begin) {}
+  bool operator()(int64_t i) {
+    if (m_.drop_all) return false;
+    if (i == begin_ || (i & 3) == 0) words_ = philox_block(m_, static_cast<uint64_t>(i) >> 2);
+    return words_.v[i & 3] >= m_.threshold;
+  }
+
+ private:
+  const MaskParams& m_;
+  const int64_t begin_;
+  Philox4 words_{};
+};
+
+// Packs keep decisions of consecutive indices into bytes (bit i % 8 of byte i / 8); the
+// last byte of the range is written with its unused high bits zero.
+class BitPacker {
+ public:
+  BitPacker(uint8_t* bits, int64_t end) : bits_(bits), end_(end) {}
+  void add(int64_t i, bool keep) {
+    byte_ |= static_cast<uint8_t>(keep) << (i & 7);
+    if ((i & 7) == 7 || i + 1 == end_) {
+      bits_[i >> 3] = byte_;
+      byte_ = 0;
+    }
+  }
+
+ private:
+  uint8_t* bits_;
+  const int64_t end_;
+  uint8_t byte_ = 0;
+};
+
 template <typename T>
 void range_impl(const PassArgs& a, int64_t begin, int64_t end) {
   T* out = static_cast<T*>(a.out);
-  const MaskParams& m = a.mask;
-  Philox4 words{};
-  uint8_t byte = 0;
+  KeepDraw draw(a.mask, begin);
+  BitPacker pack(a.bits_out, end);
   for (int64_t i = begin; i < end; ++i) {
-    bool keep;
-    if (a.bits_in) {
-      keep = (a.bits_in[i >> 3] >> (i & 7)) & 1;
-    } else if (m.drop_all) {
-      keep = false;
-    } else {
-      if (i == begin || (i & 3) == 0) words = philox_block(m, static_cast<uint64_t>(i) >> 2);
-      keep = words.v[i & 3] >= m.threshold;
-    }
-    if (a.bits_out) {
-      byte |= static_cast<uint8_t>(keep) << (i & 7);
-      if ((i & 7) == 7 || i + 1 == end) {
-        a.bits_out[i >> 3] = byte;
-        byte = 0;
-      }
-    }
-    out[i] = apply_one<T>(a, i, keep_factor<T>(m, keep));
+    const bool keep = a.bits_in ? (a.bits_in[i >> 3] >> (i & 7)) & 1 : draw(i);
+    if (a.bits_out) pack.add(i, keep);
+    out[i] = apply_one<T>(a, i, keep_factor<T>(a.mask, keep));
   }
 }
 
@@ -108,20 +129,9 @@ void run_groups(const PassArgs& a, int64_t gbegin, int64_t gend) {
 }
 
 void fill_keep_bits(const MaskParams& m, int64_t begin, int64_t end, uint8_t* bits) {
-  uint8_t byte = 0;
-  Philox4 words{};
-  for (int64_t i = begin; i < end; ++i) {
-    bool keep = false;
-    if (!m.drop_all) {
-      if (i == begin || (i & 3) == 0) words = philox_block(m, static_cast<uint64_t>(i) >> 2);
-      keep = words.v[i & 3] >= m.threshold;
-    }
-    byte |= static_cast<uint8_t>(keep) << (i & 7);
-    if ((i & 7) == 7 || i + 1 == end) {
-      bits[i >> 3] = byte;
-      byte = 0;
-    }
-  }
+  KeepDraw draw(m, begin);
+  BitPacker pack(bits, end);
+  for (int64_t i = begin; i < end; ++i) pack.add(i, draw(i));
 }
 
 const char* isa_name(Isa isa) {
