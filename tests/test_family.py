@@ -278,3 +278,16 @@ def test_family_compiles_fullgraph():
 
     x, b, r = torch.randn(4, 6, 8), torch.randn(8), torch.randn(4, 6, 8)
     assert_same_bits(torch.compile(f, fullgraph=True, backend="aot_eager")(x, b, r), f(x, b, r))
+
+
+@pytest.mark.parametrize("name", ["dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout"])
+def test_family_signatures_match_torch(name):
+    import inspect
+
+    ours = inspect.signature(getattr(F, name)).parameters
+    theirs = inspect.signature(getattr(torch.nn.functional, name)).parameters
+    assert list(ours)[:len(theirs)] == list(theirs)
+    for k in theirs:
+        assert ours[k].default == theirs[k].default, (name, k)
+    for k in ("seed", "generator"):
+        assert ours[k].kind is inspect.Parameter.KEYWORD_ONLY and ours[k].default is None
