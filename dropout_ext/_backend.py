@@ -40,7 +40,7 @@ _active = _compiled_ops if _compiled_ops is not None else _python_ops
 # How backward gets the mask: "bits" saves the packed keep bits the forward pass writes
 # (numel / 8 bytes); "seed" saves only (key, base), 16 bytes, and draws the mask again.
 # Default "bits": on the CPU drawing Philox is the costly part of the pass, and reading
-# bits made forward + backward 1.1x to 2.5x faster in bench/bench_cpu.py (2**20 .. 2**26).
+# bits made forward + backward 1.06x to 2.5x faster in bench/bench_cpu.py (2**20 .. 2**26).
 BACKWARD_STORAGE = ("seed", "bits")
 _backward_storage = os.environ.get("DROPOUT_EXT_BACKWARD", "bits").strip().lower() or "bits"
 if _backward_storage not in BACKWARD_STORAGE:
