@@ -7,52 +7,27 @@ Environment switches:
   CUDA_HOME                 toolkit root; found from `nvcc` on PATH when unset.
   MAX_JOBS                  parallel compile jobs (ninja).
 """
-import glob
+import importlib.util
 import os
-import shutil
 import sys
 
 from setuptools import find_packages, setup
 
-RELEASE_ARCH_LIST = "8.0;8.6;8.9;9.0+PTX"  # Ampere, Ada, Hopper (+PTX for newer GPUs)
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def find_cuda_home():
-    """Toolkit root holding bin/nvcc and include/cuda_runtime.h, or None."""
-    candidates = []
-    if os.environ.get("CUDA_HOME"):
-        candidates.append(os.environ["CUDA_HOME"])
-    nvcc = shutil.which("nvcc")
-    if nvcc:
-        candidates.append(os.path.dirname(os.path.dirname(os.path.realpath(nvcc))))
-    candidates += ["/usr/local/cuda"] + sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
-    for root in candidates:
-        if os.path.exists(os.path.join(root, "bin", "nvcc")) and os.path.exists(
-            os.path.join(root, "include", "cuda_runtime.h")
-        ):
-            return root
-    return None
+def _load(name, path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
-def pip_cuda_dirs():
-    """include/ and lib/ folders of the pip CUDA packages next to torch (nvidia/cu13, ...).
-
-    torch's CUDA headers include cusparse.h and cublas_v2.h, which a bare toolkit may
-    not ship but these packages do."""
-    import torch
-
-    site = os.path.dirname(os.path.dirname(torch.__file__))
-    incs, libs = [], []
-    for root in sorted(glob.glob(os.path.join(site, "nvidia", "*"))):
-        if os.path.exists(os.path.join(root, "include", "cusparse.h")):
-            incs.append(os.path.join(root, "include"))
-            if os.path.isdir(os.path.join(root, "lib")):
-                libs.append(os.path.join(root, "lib"))
-    return incs, libs
-
+# Sources, flags and the CUDA toolkit search, shared with dropout_ext.build() (JIT).
+build_cfg = _load("dropout_ext_build", os.path.join(HERE, "dropout_ext", "_build.py"))
 
 # CUDA_HOME must be set before torch.utils.cpp_extension is imported: it reads it once.
-_cuda_home = find_cuda_home()
+_cuda_home = build_cfg.find_cuda_home()
 if _cuda_home and not os.environ.get("CUDA_HOME"):
     os.environ["CUDA_HOME"] = _cuda_home
 
@@ -80,13 +55,8 @@ def want_cuda():
 
 
 def extension():
-    here = os.path.dirname(os.path.abspath(__file__))
-    sources = ["csrc/dropout.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
-    # -ffp-contract=off: `r + x * f` must round twice, as the Python reference does, on
-    # every backend; no -march: SIMD paths are chosen at run time (csrc/cpu/kernels_simd.cpp).
-    # -fopenmp: at::parallel_for is inline OpenMP code; without it the loop runs serially.
-    cxx = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
-    link = ["-fopenmp"]
+    cxx = list(build_cfg.CXX_FLAGS)
+    link = list(build_cfg.LINK_FLAGS)
     sanitize = os.environ.get("DROPOUT_EXT_SANITIZE")  # e.g. "address" (tools/asan_check.sh)
     if sanitize:
         cxx += ["-fsanitize=" + sanitize, "-fno-omit-frame-pointer", "-g"]
@@ -99,16 +69,15 @@ def extension():
         "cxx flags": " ".join(cxx),
         "sanitizer": sanitize or "off",
     }
-    include_dirs = [os.path.join(here, "csrc")]
+    sources = [os.path.relpath(f, HERE) for f in build_cfg.sources(use_cuda)]
+    include_dirs = [build_cfg.CSRC]
     if not use_cuda:
         ext = CppExtension("dropout_ext._C", sources, include_dirs=include_dirs,
                            extra_compile_args={"cxx": cxx}, extra_link_args=link)
     else:
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", RELEASE_ARCH_LIST)
-        incs, libs = pip_cuda_dirs()
-        # --fmad=false for the same reason as -ffp-contract=off on the host.
-        nvcc = ["-O3", "--fmad=false", "-lineinfo", "--expt-relaxed-constexpr"]
-        sources += sorted(glob.glob("csrc/cuda/*.cu"))
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", build_cfg.RELEASE_ARCH_LIST)
+        incs, libs = build_cfg.pip_cuda_dirs(torch.__file__)
+        nvcc = list(build_cfg.NVCC_FLAGS)
         ext = CUDAExtension("dropout_ext._C", sources, include_dirs=include_dirs + incs,
                             library_dirs=libs, extra_link_args=link,
                             extra_compile_args={"cxx": cxx + ["-DDROPOUT_EXT_WITH_CUDA"],

@@ -5,6 +5,10 @@ Philox4x32-10 runs on int64 tensors holding uint32 words. A 32x32-bit product do
 fit in int64, so the multiplier is split into 16-bit halves and the high and low words
 are assembled from two products under 2**48. The element arithmetic is done in float32
 for the 16-bit types (float64 for float64) and rounded once, like the kernels.
+
+The mask word of an element is its logical row-major index in the mask shape: the
+leading `lead` dims of the input (all of them for element-wise dropout), or of
+`global_shape` for a shard at `global_offset` (SPEC section 3; csrc/index.h).
 """
 import math
 
@@ -13,6 +17,10 @@ import torch
 MASK32 = 0xFFFFFFFF
 PHILOX_M0, PHILOX_M1 = 0xD2511F53, 0xCD9E8D57
 PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85
+SELU_ALPHA = 1.7580993408473766  # SELU's negative saturation, scale * alpha
+
+KIND_INVERTED, KIND_VANILLA, KIND_ALPHA = 0, 1, 2
+SAVE_NONE, SAVE_BITS, SAVE_RNG = 0, 1, 2
 
 
 def _mulhilo32(a, m):
@@ -45,33 +53,100 @@ def keep_threshold(p):
     return math.floor(p * 2**32)
 
 
-def keep_mask(rng, p, n, device):
-    """Bool keep mask of n logical positions for rng = int64[key, base] (SPEC section 3)."""
+def keep_scale(p, kind):
+    """Factor for kept elements (forward and backward) of `kind`."""
+    if p >= 1.0:
+        return 0.0
+    if kind == KIND_INVERTED:
+        return 1.0 / (1.0 - p)
+    if kind == KIND_VANILLA:
+        return 1.0
+    return 1.0 / math.sqrt((SELU_ALPHA * SELU_ALPHA * p + 1) * (1 - p))
+
+
+# --------------------------------------------------------------------------- (key, base)
+
+
+def _signed64(v):
+    return v - 2**64 if v >= 2**63 else v
+
+
+def draw_rng(generator, device):
+    """(key, base) as int64[2] on `device`, drawn as the compiled kernels draw them: two
+    words of the CPU generator (as torch.randint(-2**63, 2**63 - 1) gives them), or
+    (seed, offset) of the CUDA generator's Philox state with the offset advanced by 4."""
+    if device.type == "cuda":
+        gen = generator
+        if gen is None:
+            index = device.index if device.index is not None else torch.cuda.current_device()
+            gen = torch.cuda.default_generators[index]
+        offset = gen.get_offset()
+        gen.set_offset(offset + 4)
+        pair = [_signed64(gen.initial_seed()), _signed64(offset)]
+        return torch.tensor(pair, dtype=torch.int64, device=device)
+    return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, generator=generator).to(device)
+
+
+def _rng_pair(rng, generator, device):
+    return rng.to(device) if rng is not None else draw_rng(generator, device)
+
+
+# ------------------------------------------------------------------------------ the mask
+
+
+def _mask_words(shape, lead, global_shape, global_offset, device):
+    """Mask words of the local mask shape shape[:lead], row-major: (None, first) when they
+    are consecutive from `first` (always without a shard), else (words, None)."""
+    local = tuple(shape[:lead])
+    n = math.prod(local)
+    if global_shape is None or n == 0:
+        return None, 0
+    gshape = tuple(global_shape[:lead])
+    strides = [1] * lead
+    for d in range(lead - 2, -1, -1):
+        strides[d] = strides[d + 1] * gshape[d + 1]
+    words = torch.zeros(local, dtype=torch.int64, device=device)
+    for d in range(lead):
+        view = [1] * lead
+        view[d] = local[d]
+        index = torch.arange(local[d], dtype=torch.int64, device=device) + int(global_offset[d])
+        words = words + (index * strides[d]).view(view)
+    words = words.reshape(-1)
+    if n == 1 or bool((words[1:] - words[:-1] == 1).all()):
+        return None, int(words[0])
+    return words, None
+
+
+def keep_mask(rng, p, shape, lead, device, global_shape=None, global_offset=None):
+    """Bool keep mask of the local mask shape shape[:lead] (flattened, row-major) for
+    rng = int64[key, base] (SPEC section 3)."""
+    n = math.prod(tuple(shape[:lead]))
     if p >= 1.0:
         return torch.zeros(n, dtype=torch.bool, device=device)
+    if keep_threshold(p) == 0:
+        return torch.ones(n, dtype=torch.bool, device=device)
     rng = rng.to(device)
     k0, k1 = _words32(rng[0])
     c2, c3 = _words32(rng[1])
-    blocks = (n + 3) // 4
-    j = torch.arange(blocks, dtype=torch.int64, device=device)
-    words = philox4x32_10(j & MASK32, j >> 32, c2, c3, k0, k1)
-    words = torch.stack([w.expand(blocks) for w in words], dim=1).reshape(-1)[:n]
-    return words >= keep_threshold(p)
+    words, first = _mask_words(shape, lead, global_shape, global_offset, device)
+    if words is None:
+        # consecutive words first .. first + n - 1: one Philox block per four of them
+        j0 = first // 4
+        blocks = (first + n + 3) // 4 - j0
+        j = torch.arange(j0, j0 + blocks, dtype=torch.int64, device=device)
+        out = philox4x32_10(j & MASK32, j >> 32, c2, c3, k0, k1)
+        all_words = torch.stack([w.expand(blocks) for w in out], dim=1).reshape(-1)
+        u = all_words[first - 4 * j0:first - 4 * j0 + n]
+    else:
+        j = words >> 2
+        out = philox4x32_10(j & MASK32, j >> 32, c2, c3, k0, k1)
+        stacked = torch.stack([w.expand(j.shape) for w in out], dim=1)
+        u = stacked.gather(1, (words & 3)[:, None]).squeeze(1)
+    return u >= keep_threshold(p)
 
 
 def _acc_dtype(dtype):
     return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def keep_scale(p, scale_train):
-    """Factor for kept elements: 1 / (1 - p) (inverted dropout) or 1 (vanilla)."""
-    return 1.0 / (1.0 - p) if scale_train and p < 1.0 else 1.0
-
-
-def _factor(keep, p, scale_train, dtype):
-    acc = _acc_dtype(dtype)
-    scale = torch.tensor(keep_scale(p, scale_train), dtype=acc, device=keep.device)
-    return torch.where(keep, scale, torch.zeros((), dtype=acc, device=keep.device))
 
 
 def pack_bits(keep):
@@ -87,62 +162,170 @@ def unpack_bits(bits, n):
     return ((bits.to(torch.int64)[:, None] >> shifts) & 1).reshape(-1)[:n].bool()
 
 
-def _like(input, values):
-    """values (row-major, input's shape) in a tensor with input's memory format."""
-    out = torch.empty_like(input)
+def _like(input, values, strides=None):
+    """values (row-major, input's shape) in a tensor with torch.empty_like(input)'s
+    strides (or `strides`)."""
+    if strides is not None:
+        out = torch.empty_strided(input.shape, strides, dtype=input.dtype, device=input.device)
+    else:
+        out = torch.empty_like(input)
     out.copy_(values.reshape(input.shape))
     return out
 
 
-def _scaled(input, keep, p, scale_train, group):
-    """input * factor with one factor per `group` consecutive logical elements."""
-    factor = _factor(keep, p, scale_train, input.dtype)
-    x = input.reshape(-1, group).to(factor.dtype)
-    return _like(input, (x * factor[:, None]).to(input.dtype))
+def _broadcast(keep, shape, lead):
+    """The keep mask of shape[:lead] shaped to broadcast over `shape`."""
+    return keep.reshape(tuple(shape[:lead]) + (1,) * (len(shape) - lead))
 
 
-def _no_bits(input):
+def _values(op, x, keep, p, kind, lead, residual=None, bias=None):
+    """The op's output values in x's dtype, computed in the accumulation type."""
+    acc = _acc_dtype(x.dtype)
+    k = _broadcast(keep, x.shape, lead)
+    scale = torch.tensor(keep_scale(p, kind), dtype=acc, device=x.device)
+    factor = torch.where(k, scale, torch.zeros((), dtype=acc, device=x.device))
+    v = x.to(acc)
+    if bias is not None:
+        v = v + bias.to(acc)
+    v = v * factor
+    if residual is not None:
+        v = residual.to(acc) + v
+    if kind == KIND_ALPHA and op == "dropout":
+        keep_shift, drop_shift = alpha_shifts(p, acc, x.device)
+        v = v + torch.where(k, keep_shift, drop_shift)
+    return v.to(x.dtype)
+
+
+def alpha_shifts(p, acc, device):
+    """(shift of kept, shift of dropped elements) of alpha dropout in `acc`, rounded as
+    ATen's formula (keep - 1) * (alpha * a) + alpha * a * p rounds them."""
+    if p >= 1.0:
+        z = torch.tensor(-0.0, dtype=acc, device=device)
+        return z, z
+    a = keep_scale(p, KIND_ALPHA)
+    alpha_a = torch.tensor(SELU_ALPHA * a, dtype=acc, device=device)
+    alpha_a_p = torch.tensor(SELU_ALPHA * a * p, dtype=acc, device=device)
+    return 0 * alpha_a + alpha_a_p, -1 * alpha_a + alpha_a_p
+
+
+def _saved(save, keep, rng, input):
+    if save == SAVE_BITS:
+        return pack_bits(keep)
+    if save == SAVE_RNG:
+        return rng.clone()
     return torch.empty(0, dtype=torch.uint8, device=input.device)
 
 
-def dropout(input, rng, p, scale_train, group, save_bits):
-    keep = keep_mask(rng, p, input.numel() // group, input.device)
-    bits = pack_bits(keep) if save_bits else _no_bits(input)
-    return _scaled(input, keep, p, scale_train, group), bits
+def _forward(op, input, rng, generator, p, kind, lead, save, global_shape, global_offset,
+             residual=None, bias=None):
+    _check_call(input, p, kind, lead, save, global_shape, global_offset, generator, rng, residual, bias)
+    device = input.device
+    pair = rng.clone() if rng is not None else draw_rng(generator, device)
+    keep = keep_mask(pair, p, input.shape, lead, device, global_shape, global_offset)
+    out = _like(input, _values(op, input, keep, p, kind, lead, residual, bias))
+    return out, _saved(save, keep, pair, input)
 
 
-def dropout_(input, rng, p, scale_train, group, save_bits):
-    out, bits = dropout(input, rng, p, scale_train, group, save_bits)
+# ---------------------------------------------------------------------------- checks
+# The same checks, with the same exception types, as the compiled kernels (csrc/ops.cpp):
+# the public API calls the op directly in its common case and relies on them.
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _check_floating(t, what):
+    if t.dtype not in _FLOATS:
+        raise TypeError("dropout_ext: %s must be a floating point tensor (float16, bfloat16, float32 or "
+                        "float64), got %s" % (what, t.dtype))
+
+
+def _check_call(input, p, kind, lead, save=0, global_shape=None, global_offset=None, generator=None,
+                rng=None, residual=None, bias=None):
+    _check_floating(input, "input")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError("dropout probability has to be between 0 and 1, but got %s" % p)
+    if kind not in (0, 1, 2):
+        raise ValueError("dropout_ext: kind must be 0 (inverted), 1 (vanilla) or 2 (alpha), got %s" % kind)
+    if not 0 <= lead <= input.dim():
+        raise ValueError("dropout_ext: lead must be in [0, %d], got %d" % (input.dim(), lead))
+    if save not in (0, 1, 2):
+        raise ValueError("dropout_ext: save must be 0 (nothing), 1 (bits) or 2 (rng), got %s" % save)
+    if (global_shape is None) != (global_offset is None):
+        raise ValueError("dropout_ext: global_shape and global_offset must be given together")
+    if global_shape is not None:
+        if len(global_shape) != input.dim() or len(global_offset) != input.dim():
+            raise ValueError("dropout_ext: global_shape and global_offset need one entry per input dim (%d), got %s "
+                             "and %s" % (input.dim(), list(global_shape), list(global_offset)))
+        for o, n, g in zip(global_offset, input.shape, global_shape):
+            if o < 0 or o + n > g:
+                raise ValueError("dropout_ext: the input (shape %s) at global_offset %s does not fit in "
+                                 "global_shape %s" % (list(input.shape), list(global_offset), list(global_shape)))
+    if rng is not None:
+        if rng.dtype != torch.int64 or rng.numel() != 2:
+            raise RuntimeError("dropout_ext: rng must be an int64 tensor of two elements (key, base), got %s with %d "
+                               "elements" % (rng.dtype, rng.numel()))
+        if rng.device.type != "cpu" and rng.device != input.device:
+            raise RuntimeError("dropout_ext: rng must be on the CPU or on the input's device %s, got %s"
+                               % (input.device, rng.device))
+    if generator is not None and generator.device.type != input.device.type:
+        raise ValueError("dropout_ext: generator is on %s but the input is on %s" % (generator.device, input.device))
+    for name, t in (("residual", residual), ("bias", bias)):
+        if t is None:
+            continue
+        _check_floating(t, name)
+        if t.dtype != input.dtype:
+            raise TypeError("dropout_ext: %s must have the input's dtype %s, got %s" % (name, input.dtype, t.dtype))
+        if t.device != input.device:
+            raise RuntimeError("dropout_ext: %s must be on the input's device %s, got %s"
+                               % (name, input.device, t.device))
+    if residual is not None and residual.shape != input.shape:
+        raise RuntimeError("dropout_ext: residual must have the input's shape %s, got %s"
+                           % (list(input.shape), list(residual.shape)))
+    if bias is not None and (input.dim() < 1 or bias.dim() != 1 or bias.shape[0] != input.shape[-1]):
+        raise RuntimeError("dropout_ext: bias must be 1-D with the input's last dimension (%s), got shape %s"
+                           % (input.shape[-1] if input.dim() else "none", list(bias.shape)))
+
+
+# ------------------------------------------------------------------------------ the ops
+
+
+def dropout(input, rng, generator, p, kind, lead, save, global_shape=None, global_offset=None):
+    return _forward("dropout", input, rng, generator, p, kind, lead, save, global_shape, global_offset)
+
+
+def dropout_(input, rng, generator, p, kind, lead, global_shape=None, global_offset=None):
+    _check_floating(input, "input")
+    out, _ = dropout(input, rng, generator, p, kind, lead, SAVE_NONE, global_shape, global_offset)
     input.copy_(out)
-    return bits
 
 
-def apply_mask_bits(input, bits, p, scale_train, group):
-    keep = unpack_bits(bits, input.numel() // group)
-    return _scaled(input, keep, p, scale_train, group)
+def dropout_add(input, residual, rng, generator, p, save, global_shape=None, global_offset=None):
+    return _forward("dropout_add", input, rng, generator, p, KIND_INVERTED, input.dim(), save,
+                    global_shape, global_offset, residual=residual)
 
 
-def _fused(input, bias, residual, rng, p, save_bits):
-    keep = keep_mask(rng, p, input.numel(), input.device)
-    factor = _factor(keep, p, True, input.dtype)
-    acc = factor.dtype
-    x = input.reshape(-1).to(acc)
-    if bias is not None and x.numel():
-        x = (x.view(-1, bias.numel()) + bias.to(acc)).view(-1)
-    y = residual.reshape(-1).to(acc) + x * factor
-    bits = pack_bits(keep) if save_bits else _no_bits(input)
-    return _like(input, y.to(input.dtype)), bits
+def bias_dropout_add(input, bias, residual, rng, generator, p, save, global_shape=None, global_offset=None):
+    return _forward("bias_dropout_add", input, rng, generator, p, KIND_INVERTED, input.dim(), save,
+                    global_shape, global_offset, residual=residual, bias=bias)
 
 
-def dropout_add(input, residual, rng, p, save_bits):
-    return _fused(input, None, residual, rng, p, save_bits)
-
-
-def bias_dropout_add(input, bias, residual, rng, p, save_bits):
-    return _fused(input, bias, residual, rng, p, save_bits)
+def dropout_backward(grad, saved, p, kind, lead, global_shape=None, global_offset=None, strides=None):
+    _check_call(grad, p, kind, lead, 0, global_shape, global_offset, rng=None if saved.dtype == torch.uint8 else saved)
+    if saved.dtype == torch.uint8:
+        words = math.prod(tuple(grad.shape[:lead]))
+        if saved.numel() != (words + 7) // 8:
+            raise RuntimeError("dropout_ext: saved bits must hold %d bytes, got %d" % ((words + 7) // 8, saved.numel()))
+        keep = unpack_bits(saved, math.prod(tuple(grad.shape[:lead])))
+    else:
+        keep = keep_mask(saved, p, grad.shape, lead, grad.device, global_shape, global_offset)
+    return _like(grad, _values("backward", grad, keep, p, kind, lead), strides)
 
 
 def philox4x32_10_op(counter, key):
+    if counter.dtype != torch.int64 or counter.dim() < 1 or counter.shape[-1] != 4:
+        raise RuntimeError("dropout_ext: counter must be int64 of shape [..., 4]")
+    if key.dtype != torch.int64 or key.numel() != 2:
+        raise RuntimeError("dropout_ext: key must be int64 of two elements")
     c = counter & MASK32
     out = philox4x32_10(c[..., 0], c[..., 1], c[..., 2], c[..., 3], key[0] & MASK32, key[1] & MASK32)
     return torch.stack(out, dim=-1)

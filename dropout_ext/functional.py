@@ -1,7 +1,14 @@
 """Drop-in replacements for torch.nn.functional's dropout functions.
 
-Every function validates its arguments here, once, with torch's wording where torch has
-one, before any tensor is written; the kernels come from `_backend.ops()`.
+Each function validates what torch validates in Python, picks the route, and calls one
+op of the backend in use (`_backend.OPS`). The common case (a plain tensor, seed=None, no
+generator, not in place, no shard, outside torch.func and torch.compile) goes straight
+to the op: (key, base) are drawn from the device's generator in C++, and autograd is
+C++. The other routes:
+  - seed= / torch.compile: (key, base) as an int64[2] tensor (data, so torch.compile
+    neither specialises on it nor loses track of the randomness);
+  - torch.func transforms (grad, vjp, jacrev, vmap): _functorch.py;
+  - DTensor inputs: _dtensor.py, which calls back here with the shard's global offset.
 """
 import math
 import numbers
@@ -10,7 +17,7 @@ import warnings
 
 import torch
 
-from . import _backend
+from . import _backend, _reference
 
 __all__ = [
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
@@ -19,6 +26,15 @@ __all__ = [
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _SEED_LIMIT = 2**64
+_Tensor = torch.Tensor
+_is_compiling = torch.compiler.is_compiling
+_grad_enabled = torch.is_grad_enabled
+_transforms_active = torch._C._are_functorch_transforms_active
+
+KIND_INVERTED, KIND_VANILLA, KIND_ALPHA = _reference.KIND_INVERTED, _reference.KIND_VANILLA, _reference.KIND_ALPHA
+
+
+# ----------------------------------------------------------------------------- checks
 
 
 def _check_p(p):
@@ -69,25 +85,28 @@ def _same_device(generator_device, device):
     return index == gindex
 
 
-def _rng_state(input, seed, generator):
-    """int64[2] = (key, base) as data. seed=s: (s, 0), the same mask on every device.
-    Otherwise two words drawn from the device's generator (or `generator`), so that
-    torch.manual_seed reproduces runs and, on CUDA, graph replays draw fresh masks."""
-    if seed is not None:
-        if generator is not None:
-            raise ValueError("dropout_ext: pass seed= or generator=, not both")
-        s = _check_seed(seed)
-        key = s - _SEED_LIMIT if s >= 2**63 else s
-        return torch.tensor([key, 0], dtype=torch.int64)
-    if generator is not None:
-        if not isinstance(generator, torch.Generator):
-            raise TypeError("generator must be a torch.Generator, got %s" % type(generator).__name__)
-        if not _same_device(generator.device, input.device):
-            raise ValueError(
-                "dropout_ext: generator is on %s but the input is on %s" % (generator.device, input.device)
-            )
-    device = input.device if input.device.type == "cuda" else torch.device("cpu")
-    return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device, generator=generator)
+def _check_generator(generator, input):
+    if not isinstance(generator, torch.Generator):
+        raise TypeError("generator must be a torch.Generator, got %s" % type(generator).__name__)
+    if not _same_device(generator.device, input.device):
+        raise ValueError("dropout_ext: generator is on %s but the input is on %s" % (generator.device, input.device))
+
+
+def _check_shard(input, global_shape, global_offset):
+    """(global_shape, global_offset) as tuples of ints, or (None, None)."""
+    if global_shape is None and global_offset is None:
+        return None, None
+    if global_shape is None or global_offset is None:
+        raise ValueError("dropout_ext: global_shape and global_offset must be given together")
+    shape, offset = tuple(int(s) for s in global_shape), tuple(int(o) for o in global_offset)
+    if len(shape) != input.dim() or len(offset) != input.dim():
+        raise ValueError("dropout_ext: global_shape and global_offset need one entry per input dim (%d), got %s and %s"
+                         % (input.dim(), shape, offset))
+    for d, (g, o, n) in enumerate(zip(shape, offset, input.shape)):
+        if o < 0 or o + n > g:
+            raise ValueError("dropout_ext: the input (shape %s) at global_offset %s does not fit in global_shape %s"
+                             % (tuple(input.shape), offset, shape))
+    return shape, offset
 
 
 def _may_overlap(t):
@@ -120,36 +139,71 @@ def _check_inplace(input):
         )
 
 
-def _save_bits(*tensors):
-    return (
-        _backend.backward_storage() == "bits"
-        and torch.is_grad_enabled()
-        and any(t.requires_grad for t in tensors)
-    )
+# ----------------------------------------------------------------------------- routing
 
 
-def _masked(input, p, scale_train, group, inplace, seed, generator):
-    """Training-mode dropout with one mask word per `group` consecutive elements. The
-    checks come before (key, base) is drawn, so a rejected call leaves the generator as
-    it was."""
-    ops = _backend.ops()
+def _rng(input, seed, generator):
+    """(rng tensor or None, generator or None). seed=s: (s, 0) as data, the same mask on
+    every device. Under torch.compile the pair is drawn as a tensor in the graph. Else
+    None: the op draws from `generator` (or the device's default generator) itself."""
+    if seed is not None:
+        if generator is not None:
+            raise ValueError("dropout_ext: pass seed= or generator=, not both")
+        s = _check_seed(seed)
+        return torch.tensor([s - _SEED_LIMIT if s >= 2**63 else s, 0], dtype=torch.int64), None
+    if generator is not None:
+        _check_generator(generator, input)
+    if _is_compiling():
+        # traced as an op of the graph; on the CPU the same words the op would draw
+        return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=input.device,
+                             generator=generator), None
+    return None, generator
+
+
+def _is_dtensor(t):
+    return t.__class__ is not _Tensor and type(t).__name__ == "DTensor"
+
+
+def _run(op, input, p, kind, lead, inplace, seed, generator, global_shape, global_offset,
+         residual=None, bias=None):
+    """Training-mode call of `op` ("dropout", "dropout_add", "bias_dropout_add") with one
+    mask word per element of the leading `lead` dims. The checks come before (key, base)
+    is drawn, so a rejected call leaves the generator as it was."""
+    if _is_dtensor(input):
+        from . import _dtensor
+
+        return _dtensor.run(op, input, p, kind, lead, inplace, seed, generator, global_shape, global_offset,
+                            residual, bias)
+    gs, go = _check_shard(input, global_shape, global_offset)
     if inplace:
         _check_inplace(input)
-    rng = _rng_state(input, seed, generator)
-    if inplace:
-        if torch.is_grad_enabled() and input.requires_grad:
-            # Autograd of in-place writes is torch's: copy_ records the graph edge and
-            # raises torch's error for a leaf that requires grad.
-            out, _ = ops.dropout(input, rng, p, scale_train, group, _save_bits(input))
-            return input.copy_(out)
-        ops.dropout_(input, rng, p, scale_train, group, False)
-        # A custom op does not bump the version counter as torch's in-place ops do; without
-        # it, autograd could not tell that a tensor saved for another op's backward changed.
-        if not torch.compiler.is_compiling() and not input.is_inference():
-            torch.autograd.graph.increment_version(input)
-        return input
-    out, _ = ops.dropout(input, rng, p, scale_train, group, _save_bits(input))
-    return out
+    rng, gen = _rng(input, seed, generator)
+    if _transforms_active():
+        from . import _functorch
+
+        out = _functorch.run(op, input, rng, gen, p, kind, lead, gs, go, residual, bias)
+        return input.copy_(out) if inplace else out
+    ops = _backend.OPS
+    save = _save(input, residual, bias)
+    if op == "dropout_add":
+        return ops.dropout_add(input, residual, rng, gen, p, save, gs, go)[0]
+    if op == "bias_dropout_add":
+        return ops.bias_dropout_add(input, bias, residual, rng, gen, p, save, gs, go)[0]
+    if not inplace:
+        return ops.dropout(input, rng, gen, p, kind, lead, save, gs, go)[0]
+    if torch.is_grad_enabled() and input.requires_grad:
+        # Autograd of in-place writes is torch's: copy_ records the graph edge and raises
+        # torch's error for a leaf that requires grad.
+        return input.copy_(ops.dropout(input, rng, gen, p, kind, lead, save, gs, go)[0])
+    ops.dropout_(input, rng, gen, p, kind, lead, gs, go)
+    return input
+
+
+def _save(*tensors):
+    """What the op keeps for backward: the storage mode when a gradient is needed, else 0."""
+    if _grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return _backend.SAVE
+    return 0
 
 
 def _eval(input, p, inplace, scale_train):
@@ -159,37 +213,46 @@ def _eval(input, p, inplace, scale_train):
     return input.mul_(1.0 - p) if inplace else input * (1.0 - p)
 
 
-def dropout(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None, scale_train=True):
+# ------------------------------------------------------------------------------ dropout
+
+
+def dropout(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None, scale_train=True,
+            global_shape=None, global_offset=None):
     """Like torch.nn.functional.dropout: zeroes each element with probability p.
 
     training=True: out = input * keep / (1 - p) (scale_train=True, "inverted" dropout)
     or input * keep (scale_train=False, "vanilla"); training=False: input itself, or
     input * (1 - p) with scale_train=False. seed= gives a stateless mask that is the same
-    on every device; generator= draws (key, base) from that generator.
+    on every device; generator= draws (key, base) from that generator. global_shape= and
+    global_offset= make the input the shard at that offset of a tensor of that shape: it
+    gets its slice of the full tensor's mask.
     """
-    p = _check_p(p)
+    if p.__class__ is not float or not 0.0 <= p <= 1.0:
+        p = _check_p(p)
+    if (training and input.__class__ is _Tensor and seed is None and generator is None and not inplace
+            and global_shape is None and global_offset is None and not _transforms_active()
+            and not _is_compiling()):
+        # The common case: one op call; dtype and device checks are the kernel's.
+        return _backend.OPS.dropout(input, None, None, p, KIND_INVERTED if scale_train else KIND_VANILLA,
+                                    input.dim(), _backend.SAVE if input.requires_grad and _grad_enabled() else 0)[0]
     _check_input(input)
     if not training:
         return _eval(input, p, inplace, scale_train)
-    return _masked(input, p, scale_train, 1, inplace, seed, generator)
+    kind = KIND_INVERTED if scale_train else KIND_VANILLA
+    return _run("dropout", input, p, kind, input.dim(), inplace, seed, generator, global_shape, global_offset)
 
 
 # ------------------------------------------------------------------ channel-wise
 
 
-def _feature_dropout(input, p, training, inplace, seed, generator):
+def _feature_dropout(input, p, training, inplace, seed, generator, global_shape, global_offset):
     """One mask word per (N, C) position of an input of at least 2 dims (torch's
-    feature_dropout): `group` = the elements of one channel."""
+    feature_dropout)."""
     if input.dim() < 2:
         raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
     if not training:
         return _eval(input, p, inplace, True)
-    return _masked(input, p, True, _channel_size(input, 2), inplace, seed, generator)
-
-
-def _channel_size(input, lead):
-    """Elements per mask word when the first `lead` dims index the words."""
-    return math.prod(input.shape[lead:]) if input.numel() else 1
+    return _run("dropout", input, p, KIND_INVERTED, 2, inplace, seed, generator, global_shape, global_offset)
 
 
 def _unbatched(input, batched_dim):
@@ -198,14 +261,14 @@ def _unbatched(input, batched_dim):
     return input.dim() != batched_dim
 
 
-def _channel_dropout(input, p, training, inplace, seed, generator, batched_dim):
+def _channel_dropout(input, p, training, inplace, seed, generator, batched_dim, global_shape, global_offset):
     if not training:
         return _eval(input, p, inplace, True)
     if _unbatched(input, batched_dim):
         if input.dim() < 1:
             raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
-        return _masked(input, p, True, _channel_size(input, 1), inplace, seed, generator)
-    return _feature_dropout(input, p, training, inplace, seed, generator)
+        return _run("dropout", input, p, KIND_INVERTED, 1, inplace, seed, generator, global_shape, global_offset)
+    return _feature_dropout(input, p, training, inplace, seed, generator, global_shape, global_offset)
 
 
 def _warn_unusual_rank(spatial, inp_dim):
@@ -223,7 +286,8 @@ def _warn_unusual_rank(spatial, inp_dim):
         )
 
 
-def dropout1d(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None):
+def dropout1d(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None,
+              global_shape=None, global_offset=None):
     """torch.nn.functional.dropout1d: zero whole channels of (N, C, L) or (C, L) input."""
     p = _check_p(p)
     _check_input(input)
@@ -234,10 +298,11 @@ def dropout1d(input, p=0.5, training=True, inplace=False, *, seed=None, generato
             "spatial dimension, a channel dimension, and an optional batch dimension "
             "(i.e. 2D or 3D inputs)."
         )
-    return _channel_dropout(input, p, training, inplace, seed, generator, batched_dim=3)
+    return _channel_dropout(input, p, training, inplace, seed, generator, 3, global_shape, global_offset)
 
 
-def dropout2d(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None):
+def dropout2d(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None,
+              global_shape=None, global_offset=None):
     """torch.nn.functional.dropout2d, warnings included (3-D input is taken as (N, C, L))."""
     p = _check_p(p)
     _check_input(input)
@@ -252,62 +317,55 @@ def dropout2d(input, p=0.5, training=True, inplace=False, *, seed=None, generato
             "channel-wise dropout behavior, please switch to using dropout1d instead.",
             stacklevel=2,
         )
-    return _feature_dropout(input, p, training, inplace, seed, generator)
+    return _feature_dropout(input, p, training, inplace, seed, generator, global_shape, global_offset)
 
 
-def dropout3d(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None):
+def dropout3d(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None,
+              global_shape=None, global_offset=None):
     """torch.nn.functional.dropout3d: zero whole channels of (N, C, D, H, W) or (C, D, H, W)."""
     p = _check_p(p)
     _check_input(input)
     _warn_unusual_rank(3, input.dim())
-    return _channel_dropout(input, p, training, inplace, seed, generator, batched_dim=5)
+    return _channel_dropout(input, p, training, inplace, seed, generator, 5, global_shape, global_offset)
 
 
 # -------------------------------------------------------------------- alpha dropout
 
-SELU_ALPHA = 1.7580993408473766  # -SELU's negative saturation: scale * alpha
 
-
-def _alpha(input, p, training, inplace, seed, generator, feature):
-    """torch's alpha dropout: out = x * (m * a) + ((m - 1) * alpha * a + alpha * a * p),
-    with a = 1 / sqrt((alpha**2 * p + 1) * (1 - p)); p == 1 gives x * 0 as torch does."""
+def _alpha(input, p, training, inplace, seed, generator, feature, global_shape, global_offset):
+    """torch's alpha dropout, one fused pass: out = x * (m * a) + ((m - 1) * alpha * a +
+    alpha * a * p), a = 1 / sqrt((alpha**2 * p + 1) * (1 - p)); backward keeps the bits.
+    p == 1 gives x * 0, as torch does."""
     if not training or p == 0.0 or input.numel() == 0:
         return input
     if feature and input.dim() < 2:
         raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
     if p == 1.0:
         return input.mul_(0.0) if inplace else input * 0.0
-    if inplace:
-        _check_inplace(input)
-    rng = _rng_state(input, seed, generator)
-    mask_shape = tuple(input.shape[:2]) + (1,) * (input.dim() - 2) if feature else tuple(input.shape)
-    acc = torch.float64 if input.dtype == torch.float64 else torch.float32
-    ones = torch.ones(mask_shape, dtype=acc, device=input.device)
-    keep, _ = _backend.ops().dropout(ones, rng, p, False, 1, False)  # 0/1, the SPEC mask
-    a = 1.0 / math.sqrt((SELU_ALPHA * SELU_ALPHA * p + 1) * (1 - p))
-    shift = (keep - 1) * (SELU_ALPHA * a) + SELU_ALPHA * a * p
-    out = (input.to(acc) * (keep * a) + shift).to(input.dtype)
-    return input.copy_(out) if inplace else out
+    lead = 2 if feature else input.dim()
+    return _run("dropout", input, p, KIND_ALPHA, lead, inplace, seed, generator, global_shape, global_offset)
 
 
-def alpha_dropout(input, p=0.5, training=False, inplace=False, *, seed=None, generator=None):
+def alpha_dropout(input, p=0.5, training=False, inplace=False, *, seed=None, generator=None,
+                  global_shape=None, global_offset=None):
     """torch.nn.functional.alpha_dropout (for SELU networks); training=False by default."""
     p = _check_p(p)
     _check_input(input)
-    return _alpha(input, p, training, inplace, seed, generator, feature=False)
+    return _alpha(input, p, training, inplace, seed, generator, False, global_shape, global_offset)
 
 
-def feature_alpha_dropout(input, p=0.5, training=False, inplace=False, *, seed=None, generator=None):
+def feature_alpha_dropout(input, p=0.5, training=False, inplace=False, *, seed=None, generator=None,
+                          global_shape=None, global_offset=None):
     """torch.nn.functional.feature_alpha_dropout: alpha dropout of whole channels."""
     p = _check_p(p)
     _check_input(input)
-    return _alpha(input, p, training, inplace, seed, generator, feature=True)
+    return _alpha(input, p, training, inplace, seed, generator, True, global_shape, global_offset)
 
 
 # ------------------------------------------------------------------------ drop_path
 
 
-def drop_path(input, p=0.5, training=True, *, seed=None, generator=None):
+def drop_path(input, p=0.5, training=True, *, seed=None, generator=None, global_shape=None, global_offset=None):
     """Stochastic depth (timm's drop_path, torchvision's stochastic_depth "row" mode):
     each sample (index of dim 0) is kept with probability 1 - p and scaled by 1 / (1 - p)."""
     p = _check_p(p)
@@ -316,7 +374,7 @@ def drop_path(input, p=0.5, training=True, *, seed=None, generator=None):
         raise ValueError("drop_path needs an input with a batch dimension, got a 0-dim tensor")
     if not training or p == 0.0:
         return input
-    return _masked(input, p, True, _channel_size(input, 1), False, seed, generator)
+    return _run("dropout", input, p, KIND_INVERTED, 1, False, seed, generator, global_shape, global_offset)
 
 
 # ------------------------------------------------------------------- fused residual
@@ -341,23 +399,36 @@ def _check_fused(input, residual, bias=None):
                                % (input.shape[-1] if input.dim() else "none", tuple(bias.shape)))
 
 
-def dropout_add(input, residual, p=0.5, training=True, *, seed=None, generator=None):
+def dropout_add(input, residual, p=0.5, training=True, *, seed=None, generator=None,
+                global_shape=None, global_offset=None):
     """residual + dropout(input, p) in one pass (read input and residual once, write once)."""
-    p = _check_p(p)
+    if p.__class__ is not float or not 0.0 <= p <= 1.0:
+        p = _check_p(p)
+    if (training and input.__class__ is _Tensor and residual.__class__ is _Tensor and seed is None
+            and generator is None and global_shape is None and global_offset is None
+            and not _transforms_active() and not _is_compiling()):
+        save = _backend.SAVE if (input.requires_grad or residual.requires_grad) and _grad_enabled() else 0
+        return _backend.OPS.dropout_add(input, residual, None, None, p, save)[0]
     _check_fused(input, residual)
     if not training:
         return residual + input
-    rng = _rng_state(input, seed, generator)
-    out, _ = _backend.ops().dropout_add(input, residual, rng, p, _save_bits(input, residual))
-    return out
+    return _run("dropout_add", input, p, KIND_INVERTED, input.dim(), False, seed, generator, global_shape,
+                global_offset, residual=residual)
 
 
-def bias_dropout_add(input, bias, residual, p=0.5, training=True, *, seed=None, generator=None):
+def bias_dropout_add(input, bias, residual, p=0.5, training=True, *, seed=None, generator=None,
+                     global_shape=None, global_offset=None):
     """residual + dropout(input + bias, p) in one pass; bias broadcasts over the last dim."""
-    p = _check_p(p)
+    if p.__class__ is not float or not 0.0 <= p <= 1.0:
+        p = _check_p(p)
+    if (training and input.__class__ is _Tensor and residual.__class__ is _Tensor and bias.__class__ is _Tensor
+            and seed is None and generator is None and global_shape is None and global_offset is None
+            and not _transforms_active() and not _is_compiling()):
+        save = (_backend.SAVE if (input.requires_grad or residual.requires_grad or bias.requires_grad)
+                and _grad_enabled() else 0)
+        return _backend.OPS.bias_dropout_add(input, bias, residual, None, None, p, save)[0]
     _check_fused(input, residual, bias)
     if not training:
         return residual + (input + bias)
-    rng = _rng_state(input, seed, generator)
-    out, _ = _backend.ops().bias_dropout_add(input, bias, residual, rng, p, _save_bits(input, bias, residual))
-    return out
+    return _run("bias_dropout_add", input, p, KIND_INVERTED, input.dim(), False, seed, generator, global_shape,
+                global_offset, residual=residual, bias=bias)

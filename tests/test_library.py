@@ -29,11 +29,12 @@ def _samples(dtype=torch.float32):
     r = torch.randn(5, 12, dtype=dtype, requires_grad=True)
     b = torch.randn(12, dtype=dtype, requires_grad=True)
     return {
-        "dropout": [(x, rng, 0.3, True, 1, False), (x, rng, 0.3, False, 1, True), (x, rng, 0.5, True, 12, True)],
-        "dropout_": [(x.detach().clone(), rng, 0.3, True, 1, True)],
-        "apply_mask_bits": [(x, bits, 0.3, True, 1)],
-        "dropout_add": [(x, r, rng, 0.2, False), (x, r, rng, 0.2, True)],
-        "bias_dropout_add": [(x, b, r, rng, 0.2, False), (x, b, r, rng, 0.2, True)],
+        "dropout": [(x.detach(), rng, None, 0.3, 0, 2, 0), (x, rng, None, 0.3, 1, 2, 1), (x, rng, None, 0.5, 0, 1, 1),
+                    (x, rng, None, 0.3, 2, 2, 2), (x, rng, None, 0.3, 0, 2, 1, [10, 24], [5, 12])],
+        "dropout_": [(x.detach().clone(), rng, None, 0.3, 0, 2), (x.detach().clone(), rng, None, 0.3, 2, 1)],
+        "dropout_backward": [(x, bits, 0.3, 0, 2), (x, rng, 0.3, 0, 2), (x, rng, 0.3, 2, 1, None, None, [1, 5])],
+        "dropout_add": [(x.detach(), r.detach(), rng, None, 0.2, 0), (x, r, rng, None, 0.2, 1)],
+        "bias_dropout_add": [(x.detach(), b.detach(), r.detach(), rng, None, 0.2, 0), (x, b, r, rng, None, 0.2, 2)],
         "philox4x32_10": [(torch.randint(0, 2**32, (6, 4)), torch.tensor([1, 2]))],
     }
 

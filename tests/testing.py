@@ -87,7 +87,7 @@ def keep_mask(shape, p, seed, device="cpu"):
 
     n = int(torch.Size(shape).numel())
     rng = torch.tensor([seed - 2**64 if seed >= 2**63 else seed, 0])
-    return _reference.keep_mask(rng, p, n, torch.device(device)).reshape(shape)
+    return _reference.keep_mask(rng, p, (n,), 1, torch.device(device)).reshape(shape)
 
 
 @contextlib.contextmanager

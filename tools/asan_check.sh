@@ -40,6 +40,13 @@ for isa in _backend.cpu_isas_supported():
                     F.bias_dropout_add(y.requires_grad_(), b, r, 0.2).sum().backward()
                     F.dropout_add(y.detach(), r.detach(), 0.2)
                     F.drop_path(y.detach(), 0.5)
+                    z = torch.randn(2, n, 5, 3, dtype=dtype, requires_grad=True)
+                    F.dropout(z.permute(3, 1, 0, 2), 0.4).sum().backward()          # tile mode
+                    F.dropout(z[:, ::2], 0.4, global_shape=(4, n, 5, 3), global_offset=(1, 0, 0, 0))
+                    F.dropout(z.detach()[:, :, 1:], 0.4, global_shape=(2, n, 9, 5), global_offset=(0, 0, 2, 2))
+                    F.alpha_dropout(z, 0.3, True).sum().backward()
+                    F.feature_alpha_dropout(z.detach().to(memory_format=torch.channels_last), 0.3, True)
+                    F.dropout2d(z.detach().to(memory_format=torch.channels_last), 0.3)
             F.dropout(torch.randn(n, dtype=dtype), 1.0)
 print("asan check passed:", _backend.cpu_isas_supported())
 PYEOF

@@ -61,14 +61,29 @@ DX_HOST_DEVICE Philox4 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint
   return Philox4{{c0, c1, c2, c3}};
 }
 
-// Everything a kernel needs to decide "keep" for a logical index and to scale.
+// How kept elements are scaled (the `kind` argument of the ops).
+enum class Kind : int {
+  Inverted = 0,  // out = x * keep / (1 - p): torch's dropout ("inverted" dropout)
+  Vanilla = 1,   // out = x * keep: scale_train=False (Srivastava et al. 2014, Caffe's scale_train: false)
+  Alpha = 2,     // out = x * (keep * a) + (keep ? alpha*a*p : alpha*a*p - alpha*a): SELU's alpha dropout
+};
+
+// SELU's negative saturation, scale * alpha (torch's alpha dropout constant).
+constexpr double kSeluAlpha = 1.7580993408473766;
+
+// Everything a kernel needs to decide "keep" for a mask word and to compute the output.
+// Per element: f = keep ? scale : 0 and s = keep ? keep_shift : drop_shift; out = x * f + s
+// for Kind::Alpha, out = x * f otherwise (a dropped element is x * 0: NaN stays NaN).
 struct MaskParams {
   uint64_t key = 0;
   uint64_t base = 0;
   uint32_t threshold = 0;  // keep iff word >= threshold
   bool drop_all = false;   // p == 1: nothing is drawn, every element is dropped
+  bool keep_all = false;   // p == 0: threshold 0, every word keeps; nothing is drawn
   float scale_f = 1.f;     // factor for kept elements, float32 arithmetic types
   double scale_d = 1.0;    // the same factor for float64
+  float keep_shift_f = 0.f, drop_shift_f = 0.f;  // Kind::Alpha only
+  double keep_shift_d = 0.0, drop_shift_d = 0.0;
 };
 
 // floor(p * 2**32) computed in float64, for 0 <= p < 1.
@@ -76,16 +91,48 @@ DX_HOST_DEVICE uint32_t keep_threshold(double p) {
   return static_cast<uint32_t>(floor(p * 4294967296.0));
 }
 
-DX_HOST_DEVICE MaskParams make_mask_params(uint64_t key, uint64_t base, double p,
-                                           bool scale_train) {
+// The factor for kept elements of `kind` (backward multiplies by the same factor).
+DX_HOST_DEVICE double keep_scale(double p, Kind kind) {
+  if (p >= 1.0) return 0.0;  // nothing is kept; keep the factor finite
+  switch (kind) {
+    case Kind::Inverted: return 1.0 / (1.0 - p);
+    case Kind::Vanilla: return 1.0;
+    case Kind::Alpha: return 1.0 / sqrt((kSeluAlpha * kSeluAlpha * p + 1.0) * (1.0 - p));
+  }
+  return 1.0;
+}
+
+// The rounding follows ATen's alpha dropout, which the Python API computed before:
+// b = (keep - 1) * (alpha * a) + alpha * a * p in the arithmetic type, each constant
+// rounded to it first, and out = x * (keep * a) + b.
+template <typename A>
+DX_HOST_DEVICE void alpha_shifts(double p, double a, A* keep_shift, A* drop_shift) {
+  const A alpha_a = static_cast<A>(kSeluAlpha * a);
+  const A alpha_a_p = static_cast<A>(kSeluAlpha * a * p);
+  *keep_shift = static_cast<A>(A(0) * alpha_a) + alpha_a_p;
+  *drop_shift = static_cast<A>(A(-1) * alpha_a) + alpha_a_p;
+}
+
+DX_HOST_DEVICE MaskParams make_mask_params(uint64_t key, uint64_t base, double p, Kind kind) {
   MaskParams m;
   m.key = key;
   m.base = base;
   m.drop_all = p >= 1.0;
   m.threshold = m.drop_all ? 0u : keep_threshold(p);
-  // For p == 1 nothing is kept, so the keep factor is never used; keep it finite.
-  m.scale_d = (scale_train && !m.drop_all) ? 1.0 / (1.0 - p) : 1.0;
+  m.keep_all = !m.drop_all && m.threshold == 0u;
+  m.scale_d = keep_scale(p, kind);
   m.scale_f = static_cast<float>(m.scale_d);
+  if (kind == Kind::Alpha) {
+    if (m.drop_all) {
+      // p == 1: out = x * 0 (the API returns input * 0 before reaching a kernel); -0.0
+      // keeps the sign of x * 0.
+      m.keep_shift_f = m.drop_shift_f = -0.f;
+      m.keep_shift_d = m.drop_shift_d = -0.0;
+    } else {
+      alpha_shifts<float>(p, m.scale_d, &m.keep_shift_f, &m.drop_shift_f);
+      alpha_shifts<double>(p, m.scale_d, &m.keep_shift_d, &m.drop_shift_d);
+    }
+  }
   return m;
 }
 
@@ -96,9 +143,10 @@ DX_HOST_DEVICE Philox4 philox_block(const MaskParams& m, uint64_t j) {
                        static_cast<uint32_t>(m.key), static_cast<uint32_t>(m.key >> 32));
 }
 
-// Keep decision for one logical index (slow path: one Philox call per element).
+// Keep decision for mask word i (slow path: one Philox call per word).
 DX_HOST_DEVICE bool keep_element(const MaskParams& m, uint64_t i) {
   if (m.drop_all) return false;
+  if (m.keep_all) return true;
   return philox_block(m, i >> 2).v[i & 3] >= m.threshold;
 }
 

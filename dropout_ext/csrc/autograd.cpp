@@ -1,0 +1,271 @@
+// Autograd of the compiled ops, in C++ as torchvision's csrc/ops/autograd/ does: one
+// torch::autograd::Function per op, registered for the Autograd dispatch key, so neither
+// forward nor backward runs Python. Backward multiplies the gradient by keep * scale with
+// dropout_backward, from the saved bits or from the saved (key, base); dropout_backward is
+// linear in the gradient, so it is its own derivative (double backward).
+//
+// torch.func transforms refuse C++ autograd Functions; the Python API routes calls made
+// inside a transform elsewhere (dropout_ext/_functorch.py). Calls that need no gradient
+// skip the Function. What the forward keeps is the caller's `save` argument, whatever the
+// grad mode (torch.compile replays the traced forward with grad off and its backward
+// needs the saved output): the public API passes 0 when no gradient is needed.
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "ops.h"
+
+namespace dropout_ext {
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using DropoutSig = decltype(dropout_kernel);
+using DropoutInplaceSig = decltype(dropout_inplace_kernel);
+using DropoutAddSig = decltype(dropout_add_kernel);
+using BiasDropoutAddSig = decltype(bias_dropout_add_kernel);
+using BackwardSig = decltype(dropout_backward_kernel);
+
+template <typename Sig>
+c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
+}
+
+const c10::TypedOperatorHandle<DropoutSig>& dropout_op() {
+  static const auto op = op_handle<DropoutSig>("dropout_ext::dropout");
+  return op;
+}
+const c10::TypedOperatorHandle<DropoutInplaceSig>& dropout_inplace_op() {
+  static const auto op = op_handle<DropoutInplaceSig>("dropout_ext::dropout_");
+  return op;
+}
+const c10::TypedOperatorHandle<DropoutAddSig>& dropout_add_op() {
+  static const auto op = op_handle<DropoutAddSig>("dropout_ext::dropout_add");
+  return op;
+}
+const c10::TypedOperatorHandle<BiasDropoutAddSig>& bias_dropout_add_op() {
+  static const auto op = op_handle<BiasDropoutAddSig>("dropout_ext::bias_dropout_add");
+  return op;
+}
+const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
+  static const auto op = op_handle<BackwardSig>("dropout_ext::dropout_backward");
+  return op;
+}
+
+bool any_requires_grad(std::initializer_list<const Tensor*> ts) {
+  if (!at::GradMode::is_enabled()) return false;
+  for (const Tensor* t : ts)
+    if (t && t->defined() && t->requires_grad()) return true;
+  return false;
+}
+
+// What backward needs besides the saved tensor: the mask's description and the strides
+// of the forward output (the gradient gets them, as torch.empty_like(input) would).
+struct MaskInfo {
+  double p = 0;
+  int64_t kind = 0;
+  int64_t lead = 0;
+  std::optional<std::vector<int64_t>> global_shape, global_offset;
+  std::vector<int64_t> strides;
+
+  void save(AutogradContext* ctx, const Tensor& out, const Tensor& saved) const {
+    ctx->save_for_backward({saved});
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["kind"] = kind;
+    ctx->saved_data["lead"] = lead;
+    if (global_shape) {
+      ctx->saved_data["global_shape"] = *global_shape;
+      ctx->saved_data["global_offset"] = *global_offset;
+    }
+    ctx->saved_data["strides"] = out.strides().vec();
+  }
+
+  // grad * keep * scale, the gradient of every op's dropped input.
+  static Tensor grad_input(AutogradContext* ctx, const Tensor& grad) {
+    const Tensor saved = ctx->get_saved_variables()[0];
+    std::optional<std::vector<int64_t>> gs, go;
+    if (ctx->saved_data.count("global_shape")) {
+      gs = ctx->saved_data["global_shape"].toIntVector();
+      go = ctx->saved_data["global_offset"].toIntVector();
+    }
+    const std::vector<int64_t> strides = ctx->saved_data["strides"].toIntVector();
+    return backward_op().call(grad, saved, ctx->saved_data["p"].toDouble(), ctx->saved_data["kind"].toInt(),
+                              ctx->saved_data["lead"].toInt(), gs ? OptInts(*gs) : OptInts(),
+                              go ? OptInts(*go) : OptInts(), OptInts(strides));
+  }
+};
+
+std::optional<std::vector<int64_t>> to_vec(OptInts v) {
+  if (!v.has_value()) return std::nullopt;
+  return v->vec();
+}
+
+// `save` when a gradient is needed: the mask must be kept.
+int64_t save_mode(int64_t save) {
+  TORCH_CHECK_VALUE(save == 1 || save == 2, "dropout_ext: save=", save,
+                    " keeps no mask for backward, but an input requires grad (use 1 for bits, 2 for (key, base))");
+  return save;
+}
+
+
+struct DropoutFn : public torch::autograd::Function<DropoutFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const OptTensor& rng,
+                               const OptGenerator& gen, double p, int64_t kind, int64_t lead, int64_t save,
+                               OptInts gs, OptInts go) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, saved] = dropout_op().call(input, rng, gen, p, kind, lead, save_mode(save), gs, go);
+    MaskInfo{p, kind, lead, to_vec(gs), to_vec(go), {}}.save(ctx, out, saved);
+    ctx->mark_non_differentiable({saved});
+    return {out, saved};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    Tensor gi;
+    if (grads[0].defined()) gi = MaskInfo::grad_input(ctx, grads[0]);
+    return {gi, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+struct DropoutAddFn : public torch::autograd::Function<DropoutAddFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& residual,
+                               const OptTensor& rng, const OptGenerator& gen, double p, int64_t save, OptInts gs,
+                               OptInts go) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, saved] = dropout_add_op().call(input, residual, rng, gen, p, save_mode(save), gs, go);
+    MaskInfo{p, 0, input.dim(), to_vec(gs), to_vec(go), {}}.save(ctx, out, saved);
+    ctx->mark_non_differentiable({saved});
+    return {out, saved};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Tensor& g = grads[0];
+    Tensor gi, gr;
+    if (g.defined()) {
+      if (ctx->needs_input_grad(0)) gi = MaskInfo::grad_input(ctx, g);
+      if (ctx->needs_input_grad(1)) gr = g;
+    }
+    return {gi, gr, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+struct BiasDropoutAddFn : public torch::autograd::Function<BiasDropoutAddFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& bias, const Tensor& residual,
+                               const OptTensor& rng, const OptGenerator& gen, double p, int64_t save, OptInts gs,
+                               OptInts go) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, saved] = bias_dropout_add_op().call(input, bias, residual, rng, gen, p, save_mode(save), gs, go);
+    MaskInfo{p, 0, input.dim(), to_vec(gs), to_vec(go), {}}.save(ctx, out, saved);
+    ctx->mark_non_differentiable({saved});
+    return {out, saved};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    const Tensor& g = grads[0];
+    Tensor gi, gb, gr;
+    if (g.defined()) {
+      if (ctx->needs_input_grad(0) || ctx->needs_input_grad(1)) {
+        const Tensor gx = MaskInfo::grad_input(ctx, g);
+        if (ctx->needs_input_grad(0)) gi = gx;
+        if (ctx->needs_input_grad(1)) {
+          // The bias broadcasts over every dim but the last: sum them out.
+          std::vector<int64_t> dims(gx.dim() - 1);
+          for (int64_t d = 0; d + 1 < gx.dim(); ++d) dims[d] = d;
+          gb = dims.empty() ? gx : gx.sum(dims);
+        }
+      }
+      if (ctx->needs_input_grad(2)) gr = g;
+    }
+    return {gi, gb, gr, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+struct BackwardFn : public torch::autograd::Function<BackwardFn> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& grad, const Tensor& saved, double p, int64_t kind,
+                               int64_t lead, OptInts gs, OptInts go, OptInts strides) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    Tensor out = backward_op().call(grad, saved, p, kind, lead, gs, go, strides);
+    ctx->save_for_backward({saved});
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["kind"] = kind;
+    ctx->saved_data["lead"] = lead;
+    if (gs.has_value()) {
+      ctx->saved_data["global_shape"] = gs->vec();
+      ctx->saved_data["global_offset"] = go->vec();
+    }
+    ctx->saved_data["strides"] = out.strides().vec();
+    return {out};
+  }
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    Tensor gg;
+    if (grads[0].defined()) gg = MaskInfo::grad_input(ctx, grads[0]);
+    return {gg, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor> dropout_autograd(const Tensor& input, const OptTensor& rng, const OptGenerator& gen,
+                                            double p, int64_t kind, int64_t lead, int64_t save, OptInts gs,
+                                            OptInts go) {
+  if (!any_requires_grad({&input})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return dropout_op().call(input, rng, gen, p, kind, lead, save, gs, go);
+  }
+  const auto outs = DropoutFn::apply(input, rng, gen, p, kind, lead, save, gs, go);
+  return {outs[0], outs[1]};
+}
+
+void dropout_inplace_autograd(Tensor& input, const OptTensor& rng, const OptGenerator& gen, double p, int64_t kind,
+                              int64_t lead, OptInts gs, OptInts go) {
+  TORCH_CHECK(!any_requires_grad({&input}),
+              "dropout_ext: dropout_ writes in place and has no gradient formula; call dropout (out of place) on "
+              "a tensor that requires grad");
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    dropout_inplace_op().call(input, rng, gen, p, kind, lead, gs, go);
+  }
+  // As torch's in-place ops do (ADInplaceOrView): autograd must see that the tensor
+  // changed if another op saved it for backward.
+  if (!input.is_inference()) torch::autograd::impl::bump_version(input);
+}
+
+std::tuple<Tensor, Tensor> dropout_add_autograd(const Tensor& input, const Tensor& residual, const OptTensor& rng,
+                                                const OptGenerator& gen, double p, int64_t save, OptInts gs,
+                                                OptInts go) {
+  if (!any_requires_grad({&input, &residual})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return dropout_add_op().call(input, residual, rng, gen, p, save, gs, go);
+  }
+  const auto outs = DropoutAddFn::apply(input, residual, rng, gen, p, save, gs, go);
+  return {outs[0], outs[1]};
+}
+
+std::tuple<Tensor, Tensor> bias_dropout_add_autograd(const Tensor& input, const Tensor& bias, const Tensor& residual,
+                                                     const OptTensor& rng, const OptGenerator& gen, double p,
+                                                     int64_t save, OptInts gs, OptInts go) {
+  if (!any_requires_grad({&input, &bias, &residual})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return bias_dropout_add_op().call(input, bias, residual, rng, gen, p, save, gs, go);
+  }
+  const auto outs = BiasDropoutAddFn::apply(input, bias, residual, rng, gen, p, save, gs, go);
+  return {outs[0], outs[1]};
+}
+
+Tensor dropout_backward_autograd(const Tensor& grad, const Tensor& saved, double p, int64_t kind, int64_t lead,
+                                 OptInts gs, OptInts go, OptInts strides) {
+  if (!any_requires_grad({&grad})) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return backward_op().call(grad, saved, p, kind, lead, gs, go, strides);
+  }
+  return BackwardFn::apply(grad, saved, p, kind, lead, gs, go, strides)[0];
+}
+
+}  // namespace
+}  // namespace dropout_ext
+
+TORCH_LIBRARY_IMPL(dropout_ext, Autograd, m) {
+  m.impl("dropout", &dropout_ext::dropout_autograd);
+  m.impl("dropout_", &dropout_ext::dropout_inplace_autograd);
+  m.impl("dropout_add", &dropout_ext::dropout_add_autograd);
+  m.impl("bias_dropout_add", &dropout_ext::bias_dropout_add_autograd);
+  m.impl("dropout_backward", &dropout_ext::dropout_backward_autograd);
+}

@@ -1,0 +1,343 @@
+// AVX2 and AVX-512 paths, chosen at run time (see isa_supported in kernels_scalar.cpp).
+//
+// Why `#pragma GCC target` regions rather than per-file -m flags or ATen's
+// CPU-capability dispatch: the package is built by torch.utils.cpp_extension, which
+// compiles every source with the same flags, and ATen's DispatchStub machinery is not
+// available to extensions. The pragma puts the wide instructions on exactly the code
+// below (the engine of engine.inc and the Vec primitives of each ISA) and nowhere else:
+// every header is included before the first pragma and no std:: or torch template is
+// instantiated inside a region, so a wheel built on an AVX-512 machine still runs on any
+// x86-64.
+//
+// Philox: 16 counters in vector lanes give the 64 words of one aligned block; a transpose
+// puts them in element order and an unsigned compare gives the keep bits. -ffp-contract=off
+// (setup.py) keeps `r + x * f` at two roundings, as the Python reference computes it.
+#include "kernels.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+// GCC 12 reports a false "may be used uninitialized" inside its own AVX-512 headers.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#include <immintrin.h>
+
+namespace dropout_ext {
+namespace cpu {
+namespace {
+
+struct F16 { uint16_t bits; };
+struct BF16 { uint16_t bits; };
+
+// ----------------------------------------------------------------------------- AVX-512
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx2,fma,f16c")
+namespace v512 {
+
+template <typename T> inline __m512 load16(const T* p);
+template <> inline __m512 load16<float>(const float* p) { return _mm512_loadu_ps(p); }
+template <> inline __m512 load16<F16>(const F16* p) {
+  return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+}
+template <> inline __m512 load16<BF16>(const BF16* p) {
+  const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+}
+
+template <typename T> inline void store16(T* p, __m512 v);
+template <> inline void store16<float>(float* p, __m512 v) { _mm512_storeu_ps(p, v); }
+template <> inline void store16<F16>(F16* p, __m512 v) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+// Round to nearest even like c10::BFloat16; NaN becomes the quiet NaN 0x7FC0.
+template <> inline void store16<BF16>(BF16* p, __m512 v) {
+  const __m512i u = _mm512_castps_si512(v);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  const __m512i rounded = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  const __mmask16 nan = _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+  const __m512i r = _mm512_mask_mov_epi32(rounded, nan, _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}
+
+struct Vec {
+  struct Keys {
+    __m512i k0[10], k1[10];
+    __m512i thresh, c2, c3;
+  };
+
+  static void make_keys(const MaskParams& m, Keys& k) {
+    uint32_t k0 = static_cast<uint32_t>(m.key), k1 = static_cast<uint32_t>(m.key >> 32);
+    for (int r = 0; r < 10; ++r) {
+      k.k0[r] = _mm512_set1_epi32(static_cast<int>(k0));
+      k.k1[r] = _mm512_set1_epi32(static_cast<int>(k1));
+      k0 += kPhiloxW0;
+      k1 += kPhiloxW1;
+    }
+    k.thresh = _mm512_set1_epi32(static_cast<int>(m.threshold));
+    k.c2 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(m.base)));
+    k.c3 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(m.base >> 32)));
+  }
+
+  // Eight counters j0 .. j0+7 (j0 % 8 == 0, so the high word is shared) in 64-bit lanes,
+  // value in the low 32 bits: one vpmuludq gives a whole 64-bit product (low word in
+  // place, high word one vpshufd away); the upper halves may hold garbage, as vpmuludq
+  // reads only the low 32 bits and xor keeps halves apart. w[0] = words 0..15 of the 32,
+  // w[1] = words 16..31, in element order.
+  static void philox32(const Keys& k, uint64_t j0, __m512i w[2]) {
+    __m512i c0 = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(j0)), _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7));
+    __m512i c1 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(j0 >> 32)));
+    __m512i c2 = k.c2, c3 = k.c3;
+    const __m512i m0 = _mm512_set1_epi64(kPhiloxM0);
+    const __m512i m1 = _mm512_set1_epi64(kPhiloxM1);
+    for (int r = 0; r < 10; ++r) {
+      const __m512i p0 = _mm512_mul_epu32(c0, m0);
+      const __m512i p1 = _mm512_mul_epu32(c2, m1);
+      // vpshufd moves each high word down (port 5; the multiply and shifts share port 0).
+      c0 = _mm512_ternarylogic_epi64(_mm512_shuffle_epi32(p1, _MM_PERM_CDAB), c1, k.k0[r], 0x96);  // a ^ b ^ c
+      c1 = p1;
+      c2 = _mm512_ternarylogic_epi64(_mm512_shuffle_epi32(p0, _MM_PERM_CDAB), c3, k.k1[r], 0x96);
+      c3 = p0;
+    }
+    const __m512i t01 = _mm512_mask_shuffle_epi32(c0, 0xAAAA, c1, _MM_PERM_CDAB);
+    const __m512i t23 = _mm512_mask_shuffle_epi32(c2, 0xAAAA, c3, _MM_PERM_CDAB);
+    w[0] = _mm512_permutex2var_epi64(t01, _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), t23);
+    w[1] = _mm512_permutex2var_epi64(t01, _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), t23);
+  }
+
+  static uint64_t keep64(const Keys& k, uint64_t block) {
+    __m512i w[4];
+    philox32(k, block * 16, w);
+    philox32(k, block * 16 + 8, w + 2);
+    uint64_t r = 0;
+    for (int q = 0; q < 4; ++q) r |= static_cast<uint64_t>(_mm512_cmpge_epu32_mask(w[q], k.thresh)) << (16 * q);
+    return r;
+  }
+
+  template <Op OP>
+  static void apply8d(double* out, const double* x, const double* r, const double* b, __mmask8 keep,
+                      const MaskParams& m) {
+    __m512d v = _mm512_loadu_pd(x);
+    if (OP == Op::BiasDropoutAdd) v = _mm512_add_pd(v, _mm512_loadu_pd(b));
+    v = _mm512_mul_pd(v, _mm512_maskz_mov_pd(keep, _mm512_set1_pd(m.scale_d)));
+    if (OP == Op::DropoutAdd || OP == Op::BiasDropoutAdd) v = _mm512_add_pd(_mm512_loadu_pd(r), v);
+    if (OP == Op::Alpha)
+      v = _mm512_add_pd(v, _mm512_mask_mov_pd(_mm512_set1_pd(m.drop_shift_d), keep, _mm512_set1_pd(m.keep_shift_d)));
+    _mm512_storeu_pd(out, v);
+  }
+
+  template <typename T, Op OP>
+  static void apply16(T* out, const T* x, const T* r, const T* b, uint32_t keep, const MaskParams& m) {
+    if constexpr (sizeof(T) == 8) {
+      apply8d<OP>(out, x, r, b, static_cast<__mmask8>(keep), m);
+      apply8d<OP>(out + 8, x + 8, r ? r + 8 : r, b ? b + 8 : b, static_cast<__mmask8>(keep >> 8), m);
+    } else {
+      const __mmask16 k = static_cast<__mmask16>(keep);
+      __m512 v = load16<T>(x);
+      if (OP == Op::BiasDropoutAdd) v = _mm512_add_ps(v, load16<T>(b));
+      v = _mm512_mul_ps(v, _mm512_maskz_mov_ps(k, _mm512_set1_ps(m.scale_f)));
+      if (OP == Op::DropoutAdd || OP == Op::BiasDropoutAdd) v = _mm512_add_ps(load16<T>(r), v);
+      if (OP == Op::Alpha)
+        v = _mm512_add_ps(v, _mm512_mask_mov_ps(_mm512_set1_ps(m.drop_shift_f), k, _mm512_set1_ps(m.keep_shift_f)));
+      store16<T>(out, v);
+    }
+  }
+
+  // cols[t] bit r = rows[r] bit t: two vptestmq per column.
+  static void transpose16x64(const uint64_t rows[16], uint16_t cols[64]) {
+    const __m512i lo = _mm512_loadu_si512(rows), hi = _mm512_loadu_si512(rows + 8);
+    __m512i bit = _mm512_set1_epi64(1);
+    for (int t = 0; t < 64; ++t) {
+      cols[t] = static_cast<uint16_t>(_mm512_test_epi64_mask(lo, bit) | (_mm512_test_epi64_mask(hi, bit) << 8));
+      bit = _mm512_slli_epi64(bit, 1);
+    }
+  }
+};
+
+#include "engine.inc"
+
+}  // namespace v512
+#pragma GCC pop_options
+
+// -------------------------------------------------------------------------------- AVX2
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+namespace v256 {
+
+template <typename T> inline __m256 load8(const T* p);
+template <> inline __m256 load8<float>(const float* p) { return _mm256_loadu_ps(p); }
+template <> inline __m256 load8<F16>(const F16* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+template <> inline __m256 load8<BF16>(const BF16* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+
+template <typename T> inline void store8(T* p, __m256 v);
+template <> inline void store8<float>(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+template <> inline void store8<F16>(F16* p, __m256 v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+}
+template <> inline void store8<BF16>(BF16* p, __m256 v) {
+  const __m256i u = _mm256_castps_si256(v);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+  const __m256 nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), _mm256_castps_si256(nan));
+  // The eight 32-bit values are all < 2**16: packus keeps them.
+  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+}
+
+// Lane q is all ones iff bit q of keep is set.
+inline __m256i expand8(uint32_t keep) {
+  const __m256i sel = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+  return _mm256_cmpeq_epi32(_mm256_and_si256(_mm256_set1_epi32(static_cast<int>(keep & 0xFF)), sel), sel);
+}
+inline __m256i expand4(uint32_t keep) {
+  const __m256i sel = _mm256_setr_epi64x(1, 2, 4, 8);
+  return _mm256_cmpeq_epi64(_mm256_and_si256(_mm256_set1_epi64x(keep & 0xF), sel), sel);
+}
+
+struct Vec {
+  struct Keys {
+    uint32_t k0[10], k1[10];
+    __m256i thresh, c2, c3;
+  };
+
+  static void make_keys(const MaskParams& m, Keys& k) {
+    uint32_t k0 = static_cast<uint32_t>(m.key), k1 = static_cast<uint32_t>(m.key >> 32);
+    for (int r = 0; r < 10; ++r) {
+      k.k0[r] = k0;
+      k.k1[r] = k1;
+      k0 += kPhiloxW0;
+      k1 += kPhiloxW1;
+    }
+    k.thresh = _mm256_set1_epi32(static_cast<int>(m.threshold));
+    k.c2 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(m.base)));
+    k.c3 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(m.base >> 32)));
+  }
+
+  static void mulhilo(__m256i a, __m256i m, __m256i* lo, __m256i* hi) {
+    const __m256i even = _mm256_mul_epu32(a, m);
+    const __m256i odd = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+    *lo = _mm256_blend_epi32(even, _mm256_slli_epi64(odd, 32), 0xAA);
+    *hi = _mm256_blend_epi32(_mm256_srli_epi64(even, 32), odd, 0xAA);
+  }
+
+  // Words of counters j0 .. j0+7 (j0 % 8 == 0) in element order: w[q] = words 8q .. 8q+7.
+  static void philox32(const Keys& k, uint64_t j0, __m256i w[4]) {
+    __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(j0))),
+                                  _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i c1 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(j0 >> 32)));
+    __m256i c2 = k.c2, c3 = k.c3;
+    const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
+    const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
+    for (int r = 0; r < 10; ++r) {
+      __m256i lo0, hi0, lo1, hi1;
+      mulhilo(c0, m0, &lo0, &hi0);
+      mulhilo(c2, m1, &lo1, &hi1);
+      c0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k.k0[r])));
+      c1 = lo1;
+      c2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k.k1[r])));
+      c3 = lo0;
+    }
+    const __m256i t0 = _mm256_unpacklo_epi32(c0, c1), t1 = _mm256_unpackhi_epi32(c0, c1);
+    const __m256i t2 = _mm256_unpacklo_epi32(c2, c3), t3 = _mm256_unpackhi_epi32(c2, c3);
+    const __m256i r0 = _mm256_unpacklo_epi64(t0, t2), r1 = _mm256_unpackhi_epi64(t0, t2);
+    const __m256i r2 = _mm256_unpacklo_epi64(t1, t3), r3 = _mm256_unpackhi_epi64(t1, t3);
+    w[0] = _mm256_permute2x128_si256(r0, r1, 0x20);
+    w[1] = _mm256_permute2x128_si256(r2, r3, 0x20);
+    w[2] = _mm256_permute2x128_si256(r0, r1, 0x31);
+    w[3] = _mm256_permute2x128_si256(r2, r3, 0x31);
+  }
+
+  static uint64_t keep8(__m256i w, __m256i thresh) {
+    // unsigned w >= t  <=>  max(w, t) == w
+    const __m256i ge = _mm256_cmpeq_epi32(_mm256_max_epu32(w, thresh), w);
+    return static_cast<uint64_t>(_mm256_movemask_ps(_mm256_castsi256_ps(ge)));
+  }
+
+  static uint64_t keep64(const Keys& k, uint64_t block) {
+    uint64_t r = 0;
+    for (int h = 0; h < 2; ++h) {
+      __m256i w[4];
+      philox32(k, block * 16 + 8 * h, w);
+      for (int q = 0; q < 4; ++q) r |= keep8(w[q], k.thresh) << (32 * h + 8 * q);
+    }
+    return r;
+  }
+
+  template <typename T, Op OP>
+  static void apply8(T* out, const T* x, const T* r, const T* b, uint32_t keep, const MaskParams& m) {
+    const __m256i on = expand8(keep);
+    __m256 v = load8<T>(x);
+    if (OP == Op::BiasDropoutAdd) v = _mm256_add_ps(v, load8<T>(b));
+    v = _mm256_mul_ps(v, _mm256_and_ps(_mm256_castsi256_ps(on), _mm256_set1_ps(m.scale_f)));
+    if (OP == Op::DropoutAdd || OP == Op::BiasDropoutAdd) v = _mm256_add_ps(load8<T>(r), v);
+    if (OP == Op::Alpha)
+      v = _mm256_add_ps(v, _mm256_blendv_ps(_mm256_set1_ps(m.drop_shift_f), _mm256_set1_ps(m.keep_shift_f),
+                                            _mm256_castsi256_ps(on)));
+    store8<T>(out, v);
+  }
+
+  template <Op OP>
+  static void apply4d(double* out, const double* x, const double* r, const double* b, uint32_t keep,
+                      const MaskParams& m) {
+    const __m256i on = expand4(keep);
+    __m256d v = _mm256_loadu_pd(x);
+    if (OP == Op::BiasDropoutAdd) v = _mm256_add_pd(v, _mm256_loadu_pd(b));
+    v = _mm256_mul_pd(v, _mm256_and_pd(_mm256_castsi256_pd(on), _mm256_set1_pd(m.scale_d)));
+    if (OP == Op::DropoutAdd || OP == Op::BiasDropoutAdd) v = _mm256_add_pd(_mm256_loadu_pd(r), v);
+    if (OP == Op::Alpha)
+      v = _mm256_add_pd(v, _mm256_blendv_pd(_mm256_set1_pd(m.drop_shift_d), _mm256_set1_pd(m.keep_shift_d),
+                                            _mm256_castsi256_pd(on)));
+    _mm256_storeu_pd(out, v);
+  }
+
+  template <typename T, Op OP>
+  static void apply16(T* out, const T* x, const T* r, const T* b, uint32_t keep, const MaskParams& m) {
+    if constexpr (sizeof(T) == 8) {
+      for (int h = 0; h < 4; ++h)
+        apply4d<OP>(out + 4 * h, x + 4 * h, r ? r + 4 * h : r, b ? b + 4 * h : b, (keep >> (4 * h)) & 0xF, m);
+    } else {
+      apply8<T, OP>(out, x, r, b, keep & 0xFF, m);
+      apply8<T, OP>(out + 8, x + 8, r ? r + 8 : r, b ? b + 8 : b, (keep >> 8) & 0xFF, m);
+    }
+  }
+
+  // cols[t] bit r = rows[r] bit t: shift bit t to the sign and collect signs.
+  static void transpose16x64(const uint64_t rows[16], uint16_t cols[64]) {
+    __m256i v[4];
+    for (int q = 0; q < 4; ++q) v[q] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(rows + 4 * q));
+    for (int t = 0; t < 64; ++t) {
+      const __m128i sh = _mm_cvtsi32_si128(63 - t);
+      uint32_t c = 0;
+      for (int q = 0; q < 4; ++q)
+        c |= static_cast<uint32_t>(_mm256_movemask_pd(_mm256_castsi256_pd(_mm256_sll_epi64(v[q], sh)))) << (4 * q);
+      cols[t] = static_cast<uint16_t>(c);
+    }
+  }
+};
+
+#include "engine.inc"
+
+}  // namespace v256
+#pragma GCC pop_options
+
+}  // namespace
+
+void run_range_avx512(const PassArgs& a, int64_t begin, int64_t end) { v512::run_pass_range(a, begin, end); }
+void run_range_avx2(const PassArgs& a, int64_t begin, int64_t end) { v256::run_pass_range(a, begin, end); }
+
+}  // namespace cpu
+}  // namespace dropout_ext
+
+#else  // not x86-64 with GCC/Clang: the scalar path serves every request.
+
+namespace dropout_ext {
+namespace cpu {
+void run_range_avx512(const PassArgs& a, int64_t begin, int64_t end) { run_range_scalar(a, begin, end); }
+void run_range_avx2(const PassArgs& a, int64_t begin, int64_t end) { run_range_scalar(a, begin, end); }
+}  // namespace cpu
+}  // namespace dropout_ext
+
+#endif

@@ -1,0 +1,29 @@
+// The device side of a pass, one implementation per device: cpu/launch.cpp and
+// cuda/launch.cu. ops.cpp (device-generic glue) fills a PassArgs and calls these.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "pass_args.h"
+
+namespace dropout_ext {
+
+// Runs the pass on the CPU threads (at::parallel_for). Zeroes bits_out first in tile mode.
+void cpu_run_pass(PassArgs& a);
+// (key, base) for seed=None: two 64-bit words from the CPU generator (the default one or
+// `gen`) under its lock, the same words `torch.randint(-2**63, 2**63 - 1, (2,),
+// generator=gen)` gives (the Python backend and the torch.compile route draw them so).
+void cpu_draw_rng(const std::optional<at::Generator>& gen, MaskParams& m);
+
+#ifdef DROPOUT_EXT_WITH_CUDA
+// Launches the pass on the current stream of the current device.
+void cuda_run_pass(PassArgs& a);
+// (key, base) = (seed, offset) of the CUDA generator's Philox state, offset advanced by 4
+// (torch.cuda's own increment unit). Under graph capture they are read by the kernel from
+// the generator's device state, so each replay draws a fresh mask.
+void cuda_draw_rng(const std::optional<at::Generator>& gen, const at::Device& device, PassArgs& a);
+#endif
+
+}  // namespace dropout_ext

@@ -1,0 +1,477 @@
+// The operator schemas and the device-generic glue: argument checks, the empty_like
+// output, (key, base), the layout description (index.h), then one launcher call per pass
+// (cpu/launch.cpp or cuda/launch.cu). The same kernel functions serve the CPU and CUDA
+// dispatch keys. Autograd is in autograd.cpp, fake kernels in dropout_ext/_ops.py; the
+// Python backend declares the same schemas under `dropout_ext_py` (a test compares them).
+#include <Python.h>
+#include <ATen/ATen.h>
+#include <c10/core/DeviceGuard.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "index.h"
+#include "launch.h"
+#include "ops.h"
+
+// Importing `dropout_ext._C` loads this library and runs the registrations below; the
+// ops are then reached through torch.ops.dropout_ext, so no Python bindings are needed.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+
+namespace dropout_ext {
+namespace {
+
+using at::Tensor;
+
+// torch's Python name of a dtype, for messages that match the Python API's.
+std::string dtype_name(at::ScalarType s) {
+  switch (s) {
+    case at::kLong: return "torch.int64";
+    case at::kInt: return "torch.int32";
+    case at::kShort: return "torch.int16";
+    case at::kChar: return "torch.int8";
+    case at::kByte: return "torch.uint8";
+    case at::kBool: return "torch.bool";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kComplexFloat: return "torch.complex64";
+    case at::kComplexDouble: return "torch.complex128";
+    default: return std::string("torch.") + c10::toString(s);
+  }
+}
+
+void check_floating(const Tensor& t, const char* what) {
+  const auto s = t.scalar_type();
+  TORCH_CHECK_TYPE(s == at::kHalf || s == at::kBFloat16 || s == at::kFloat || s == at::kDouble,
+                   "dropout_ext: ", what, " must be a floating point tensor (float16, bfloat16, float32 or float64), got ",
+                   dtype_name(s));
+}
+
+DType dtype_of(const Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kHalf: return DType::Float16;
+    case at::kBFloat16: return DType::BFloat16;
+    case at::kDouble: return DType::Float64;
+    default: return DType::Float32;
+  }
+}
+
+void check_p(double p) {
+  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, "dropout probability has to be between 0 and 1, but got ", p);
+}
+
+Kind check_kind(int64_t kind) {
+  TORCH_CHECK_VALUE(kind >= 0 && kind <= 2, "dropout_ext: kind must be 0 (inverted), 1 (vanilla) or 2 (alpha), got ",
+                    kind);
+  return static_cast<Kind>(kind);
+}
+
+void check_lead(const Tensor& input, int64_t lead) {
+  TORCH_CHECK_VALUE(lead >= 0 && lead <= input.dim(), "dropout_ext: lead must be in [0, ", input.dim(), "], got ",
+                    lead);
+}
+
+void check_global(const Tensor& input, const OptInts& shape, const OptInts& offset) {
+  TORCH_CHECK_VALUE(shape.has_value() == offset.has_value(),
+                    "dropout_ext: global_shape and global_offset must be given together");
+  if (!shape) return;
+  const int64_t nd = input.dim();
+  TORCH_CHECK_VALUE(static_cast<int64_t>(shape->size()) == nd && static_cast<int64_t>(offset->size()) == nd,
+                    "dropout_ext: global_shape and global_offset need one entry per input dim (", nd, "), got ",
+                    *shape, " and ", *offset);
+  for (int64_t d = 0; d < nd; ++d) {
+    TORCH_CHECK_VALUE((*offset)[d] >= 0 && (*offset)[d] + input.size(d) <= (*shape)[d],
+                      "dropout_ext: the input (shape ", input.sizes(), ") at global_offset ", *offset,
+                      " does not fit in global_shape ", *shape);
+  }
+}
+
+void check_rng(const Tensor& rng, const Tensor& input) {
+  TORCH_CHECK(rng.scalar_type() == at::kLong && rng.numel() == 2,
+              "dropout_ext: rng must be an int64 tensor of two elements (key, base), got ", rng.scalar_type(), " with ",
+              rng.numel(), " elements");
+  TORCH_CHECK(rng.device().is_cpu() || rng.device() == input.device(),
+              "dropout_ext: rng must be on the CPU or on the input's device ", input.device(), ", got ", rng.device());
+}
+
+void check_generator(const std::optional<at::Generator>& gen, const Tensor& input) {
+  if (!gen.has_value() || !gen->defined()) return;
+  const at::Device gd = gen->device();
+  const at::Device d = input.device();
+  bool same = gd.type() == d.type();
+  if (same && d.is_cuda()) same = (gd.has_index() ? gd.index() : 0) == (d.has_index() ? d.index() : 0);
+  TORCH_CHECK_VALUE(same, "dropout_ext: generator is on ", gd, " but the input is on ", d);
+}
+
+void check_like(const Tensor& input, const Tensor& t, const char* name) {
+  check_floating(t, name);
+  TORCH_CHECK_TYPE(t.scalar_type() == input.scalar_type(), "dropout_ext: ", name, " must have the input's dtype ",
+                   dtype_name(input.scalar_type()), ", got ", dtype_name(t.scalar_type()));
+  TORCH_CHECK(t.device() == input.device(), "dropout_ext: ", name, " must be on the input's device ", input.device(),
+              ", got ", t.device());
+}
+
+void check_residual(const Tensor& input, const Tensor& residual) {
+  check_like(input, residual, "residual");
+  TORCH_CHECK(residual.sizes() == input.sizes(), "dropout_ext: residual must have the input's shape ", input.sizes(),
+              ", got ", residual.sizes());
+}
+
+void check_bias(const Tensor& input, const Tensor& bias) {
+  check_like(input, bias, "bias");
+  TORCH_CHECK(input.dim() >= 1 && bias.dim() == 1 && bias.size(0) == input.size(-1),
+              "dropout_ext: bias must be 1-D with the input's last dimension (",
+              input.dim() >= 1 ? std::to_string(input.size(-1)) : std::string("none"), "), got shape ", bias.sizes());
+}
+
+// Mask words of the local tensor: its leading `lead` dims.
+int64_t mask_words(const Tensor& input, int64_t lead) {
+  int64_t n = 1;
+  for (int64_t d = 0; d < lead; ++d) n *= input.size(d);
+  return n;
+}
+
+// The saved output: packed bits (save 1), the (key, base) pair (save 2), or nothing.
+enum Save : int64_t { kSaveNone = 0, kSaveBits = 1, kSaveRng = 2 };
+
+int64_t check_save(int64_t save) {
+  TORCH_CHECK_VALUE(save >= 0 && save <= 2, "dropout_ext: save must be 0 (nothing), 1 (bits) or 2 (rng), got ", save);
+  return save;
+}
+
+// Everything one call of a forward op describes.
+struct Call {
+  Op op = Op::Dropout;
+  const Tensor* input = nullptr;
+  const Tensor* residual = nullptr;
+  const Tensor* bias = nullptr;
+  const std::optional<Tensor>* rng = nullptr;
+  const std::optional<at::Generator>* gen = nullptr;
+  double p = 0.5;
+  Kind kind = Kind::Inverted;
+  int64_t lead = 0;
+  int64_t save = 0;
+  OptInts global_shape, global_offset;
+};
+
+// Fills a's mask parameters and (key, base): from the rng tensor (by value from the CPU,
+// by pointer on the GPU) or drawn from the device's generator. `saved_rng` (save 2)
+// receives the pair.
+void set_rng(PassArgs& a, const Call& c, Tensor* saved_rng) {
+  const Tensor& input = *c.input;
+  a.mask = make_mask_params(0, 0, c.p, c.kind);
+  const std::optional<Tensor>& rng = *c.rng;
+  if (rng.has_value() && rng->defined()) {
+    check_rng(*rng, input);
+    if (rng->device().is_cpu()) {
+      const Tensor r = rng->contiguous();
+      a.mask.key = static_cast<uint64_t>(r.data_ptr<int64_t>()[0]);
+      a.mask.base = static_cast<uint64_t>(r.data_ptr<int64_t>()[1]);
+    } else {
+      const Tensor r = rng->contiguous();
+      a.rng.key_ptr = r.data_ptr<int64_t>();
+      a.rng.base_ptr = a.rng.key_ptr + 1;
+    }
+    if (saved_rng) *saved_rng = rng->clone();
+    return;
+  }
+  if (input.is_cuda()) {
+#ifdef DROPOUT_EXT_WITH_CUDA
+    cuda_draw_rng(*c.gen, input.device(), a);
+    if (saved_rng) {
+      *saved_rng = at::empty({2}, input.options().dtype(at::kLong));
+      a.rng_out = saved_rng->data_ptr<int64_t>();
+    }
+    return;
+#endif
+  }
+  TORCH_CHECK(input.device().is_cpu(), "dropout_ext: no kernel for device ", input.device());
+  cpu_draw_rng(*c.gen, a.mask);
+  if (saved_rng) {
+    *saved_rng = at::empty({2}, input.options().dtype(at::kLong));
+    saved_rng->data_ptr<int64_t>()[0] = static_cast<int64_t>(a.mask.key);
+    saved_rng->data_ptr<int64_t>()[1] = static_cast<int64_t>(a.mask.base);
+  }
+}
+
+void run_pass(PassArgs& a, const at::Device& device) {
+  if (a.g.numel == 0) return;
+  if (device.is_cpu()) return cpu_run_pass(a);
+#ifdef DROPOUT_EXT_WITH_CUDA
+  if (device.is_cuda()) return cuda_run_pass(a);
+#endif
+  TORCH_CHECK(false, "dropout_ext: no kernel for device ", device);
+}
+
+std::vector<int64_t> bias_strides(const Tensor& input, const Tensor& bias) {
+  std::vector<int64_t> s(input.dim(), 0);
+  if (input.dim() > 0) s.back() = bias.stride(0);
+  return s;
+}
+
+// One data pass over `out` (and the operands of c), the mask from Philox (element-wise)
+// or from bits_in. False when the layout has too many dims to describe (index.h).
+bool describe(PassArgs& a, const Call& c, const Tensor& out, const Tensor& x, const Tensor* residual,
+              const Tensor* bias) {
+  std::vector<int64_t> bstr;
+  GeometryRequest r;
+  r.ndim = static_cast<int>(x.dim());
+  r.size = x.sizes().data();
+  r.stride[kOut] = out.strides().data();
+  r.stride[kX] = x.strides().data();
+  if (residual) r.stride[kRes] = residual->strides().data();
+  if (bias) {
+    bstr = bias_strides(x, *bias);
+    r.stride[kBias] = bstr.data();
+  }
+  r.lead = static_cast<int>(c.lead);
+  if (c.global_shape) {
+    r.global_size = c.global_shape->data();
+    r.global_offset = c.global_offset->data();
+  }
+  if (x.dim() > 64 || !make_geometry(r, a.g)) return false;
+  a.x = x.data_ptr();
+  a.out = out.data_ptr();
+  a.residual = residual ? residual->data_ptr() : nullptr;
+  a.bias = bias ? bias->data_ptr() : nullptr;
+  return true;
+}
+
+// The reduced mask pass of channel-wise dropout and drop_path: the keep bits of the
+// leading `lead` dims (global words when the input is a shard) into `bits`.
+void run_mask_pass(const PassArgs& data, const Call& c, uint8_t* bits, int64_t words) {
+  PassArgs m = data;
+  m.op = Op::MaskOnly;
+  m.x = m.out = nullptr;
+  m.residual = m.bias = nullptr;
+  m.bits_in = nullptr;
+  m.bits_out = bits;
+  m.nbits = words;
+  GeometryRequest r;
+  const Tensor& input = *c.input;
+  r.ndim = static_cast<int>(c.lead);
+  r.size = input.sizes().data();
+  r.lead = static_cast<int>(c.lead);
+  if (c.global_shape) {
+    r.global_size = c.global_shape->data();
+    r.global_offset = c.global_offset->data();
+  }
+  TORCH_CHECK(make_geometry(r, m.g), "dropout_ext: mask shape has too many dims");
+  run_pass(m, input.device());
+}
+
+// A data pass (with the reduced mask pass first when the mask is channel-wise and drawn
+// from Philox). `bits_out`: where the keep bits go (may be null), `bits_in`: read instead.
+void run_data(PassArgs a, const Call& c, const Tensor& out, uint8_t* bits_out, const uint8_t* bits_in) {
+  const Tensor& input = *c.input;
+  const int64_t words = mask_words(input, c.lead);
+  Tensor scratch;
+  if (!bits_in && c.lead < input.dim()) {
+    // Channel-wise: draw the (small) mask of words first, then stream the data from it.
+    uint8_t* bits = bits_out;
+    if (!bits) {
+      scratch = at::empty({(words + 7) / 8}, input.options().dtype(at::kByte));
+      bits = scratch.data_ptr<uint8_t>();
+    }
+    run_mask_pass(a, c, bits, words);
+    a.rng_out = nullptr;
+    bits_in = bits;
+    bits_out = nullptr;
+  }
+  a.bits_in = bits_in;
+  a.bits_out = bits_out;
+  a.nbits = words;
+  a.op = c.op;
+  if (describe(a, c, out, input, c.residual, c.bias)) {
+    run_pass(a, input.device());
+    return;
+  }
+  // More than kMaxDims dims that cannot be merged: run on row-major copies.
+  const Tensor x = input.contiguous();
+  const Tensor r = c.residual ? c.residual->contiguous() : Tensor();
+  const Tensor b = c.bias ? c.bias->contiguous() : Tensor();
+  const Tensor tmp = at::empty(input.sizes(), input.options());
+  TORCH_CHECK(describe(a, c, tmp, x, c.residual ? &r : nullptr, c.bias ? &b : nullptr),
+              "dropout_ext: cannot describe a row-major tensor");
+  run_pass(a, input.device());
+  const_cast<Tensor&>(out).copy_(tmp);
+}
+
+std::tuple<Tensor, Tensor> forward(const Call& c, const Tensor* inplace) {
+  const Tensor& input = *c.input;
+  check_floating(input, "input");
+  check_p(c.p);
+  check_lead(input, c.lead);
+  check_save(c.save);
+  check_global(input, c.global_shape, c.global_offset);
+  check_generator(*c.gen, input);
+  if (c.residual) check_residual(input, *c.residual);
+  if (c.bias) check_bias(input, *c.bias);
+  c10::OptionalDeviceGuard guard(input.device());
+  const Tensor out = inplace ? *inplace : at::empty_like(input);
+  const int64_t words = mask_words(input, c.lead);
+  Tensor saved;
+  PassArgs a;
+  a.dtype = dtype_of(input);
+  set_rng(a, c, c.save == kSaveRng ? &saved : nullptr);
+  uint8_t* bits_out = nullptr;
+  if (c.save == kSaveBits) {
+    saved = at::empty({(words + 7) / 8}, input.options().dtype(at::kByte));
+    bits_out = saved.data_ptr<uint8_t>();
+  } else if (c.save == kSaveNone) {
+    saved = at::empty({0}, input.options().dtype(at::kByte));
+  }
+  run_data(a, c, out, bits_out, nullptr);
+  return {out, saved};
+}
+
+Call make_call(Op op, const Tensor& input, const OptTensor& rng, const OptGenerator& gen,
+               double p, int64_t kind, int64_t lead, int64_t save, OptInts gs, OptInts go) {
+  Call c;
+  c.op = op;
+  c.input = &input;
+  c.rng = &rng;
+  c.gen = &gen;
+  c.p = p;
+  c.kind = check_kind(kind);
+  c.lead = lead;
+  c.save = save;
+  c.global_shape = gs;
+  c.global_offset = go;
+  return c;
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor> dropout_kernel(const Tensor& input, const std::optional<Tensor>& rng,
+                                          const std::optional<at::Generator>& gen, double p, int64_t kind,
+                                          int64_t lead, int64_t save, OptInts gs, OptInts go) {
+  const Call c = make_call(Op::Dropout, input, rng, gen, p, kind, lead, save, gs, go);
+  Call cc = c;
+  if (c.kind == Kind::Alpha) cc.op = Op::Alpha;
+  return forward(cc, nullptr);
+}
+
+void dropout_inplace_kernel(Tensor& input, const std::optional<Tensor>& rng, const std::optional<at::Generator>& gen,
+                            double p, int64_t kind, int64_t lead, OptInts gs, OptInts go) {
+  Call c = make_call(Op::Dropout, input, rng, gen, p, kind, lead, 0, gs, go);
+  if (c.kind == Kind::Alpha) c.op = Op::Alpha;
+  forward(c, &input);
+}
+
+std::tuple<Tensor, Tensor> dropout_add_kernel(const Tensor& input, const Tensor& residual,
+                                              const std::optional<Tensor>& rng,
+                                              const std::optional<at::Generator>& gen, double p, int64_t save,
+                                              OptInts gs, OptInts go) {
+  Call c = make_call(Op::DropoutAdd, input, rng, gen, p, 0, input.dim(), save, gs, go);
+  c.residual = &residual;
+  return forward(c, nullptr);
+}
+
+std::tuple<Tensor, Tensor> bias_dropout_add_kernel(const Tensor& input, const Tensor& bias, const Tensor& residual,
+                                                   const std::optional<Tensor>& rng,
+                                                   const std::optional<at::Generator>& gen, double p, int64_t save,
+                                                   OptInts gs, OptInts go) {
+  Call c = make_call(Op::BiasDropoutAdd, input, rng, gen, p, 0, input.dim(), save, gs, go);
+  c.residual = &residual;
+  c.bias = &bias;
+  return forward(c, nullptr);
+}
+
+Tensor dropout_backward_kernel(const Tensor& grad, const Tensor& saved, double p, int64_t kind, int64_t lead,
+                               OptInts gs, OptInts go, OptInts strides) {
+  check_floating(grad, "grad");
+  check_p(p);
+  check_lead(grad, lead);
+  check_global(grad, gs, go);
+  const std::optional<at::Generator> no_gen;
+  std::optional<Tensor> rng;
+  const bool from_bits = saved.scalar_type() == at::kByte;
+  const int64_t words = mask_words(grad, lead);
+  if (from_bits) {
+    TORCH_CHECK(saved.numel() == (words + 7) / 8, "dropout_ext: saved bits must hold ", (words + 7) / 8,
+                " bytes, got ", saved.numel());
+    TORCH_CHECK(saved.device() == grad.device(), "dropout_ext: saved bits must be on ", grad.device(), ", got ",
+                saved.device());
+  } else {
+    rng = saved;
+  }
+  // Backward multiplies by keep * scale: the Dropout op with the kind's scale.
+  Call c = make_call(Op::Dropout, grad, rng, no_gen, p, kind, lead, 0, gs, go);
+  c10::OptionalDeviceGuard guard(grad.device());
+  Tensor out;
+  if (strides.has_value()) {
+    TORCH_CHECK_VALUE(static_cast<int64_t>(strides->size()) == grad.dim(), "dropout_ext: strides need ", grad.dim(),
+                      " entries, got ", *strides);
+    out = at::empty_strided(grad.sizes(), *strides, grad.options());
+    TORCH_CHECK_VALUE(out.is_non_overlapping_and_dense(), "dropout_ext: strides ", *strides,
+                      " are not dense for shape ", grad.sizes());
+  } else {
+    out = at::empty_like(grad);
+  }
+  PassArgs a;
+  a.dtype = dtype_of(grad);
+  if (from_bits) {
+    a.mask = make_mask_params(0, 0, p, c.kind);
+    const Tensor b = saved.contiguous();
+    run_data(a, c, out, nullptr, b.data_ptr<uint8_t>());
+  } else {
+    set_rng(a, c, nullptr);
+    run_data(a, c, out, nullptr, nullptr);
+  }
+  return out;
+}
+
+Tensor philox_kernel(const Tensor& counter, const Tensor& key) {
+  TORCH_CHECK(counter.scalar_type() == at::kLong && counter.dim() >= 1 && counter.size(-1) == 4,
+              "dropout_ext: counter must be int64 of shape [..., 4]");
+  TORCH_CHECK(key.scalar_type() == at::kLong && key.numel() == 2, "dropout_ext: key must be int64 of two elements");
+  const Tensor c = counter.cpu().contiguous();
+  const Tensor k = key.cpu().contiguous();
+  Tensor out = at::empty_like(c);
+  const int64_t* cp = c.data_ptr<int64_t>();
+  const int64_t* kp = k.data_ptr<int64_t>();
+  int64_t* op = out.data_ptr<int64_t>();
+  for (int64_t r = 0; r < c.numel() / 4; ++r) {
+    const Philox4 w = philox4x32_10(static_cast<uint32_t>(cp[4 * r]), static_cast<uint32_t>(cp[4 * r + 1]),
+                                    static_cast<uint32_t>(cp[4 * r + 2]), static_cast<uint32_t>(cp[4 * r + 3]),
+                                    static_cast<uint32_t>(kp[0]), static_cast<uint32_t>(kp[1]));
+    for (int q = 0; q < 4; ++q) op[4 * r + q] = w.v[q];
+  }
+  return out.to(counter.device());
+}
+
+}  // namespace dropout_ext
+
+TORCH_LIBRARY(dropout_ext, m) {
+  const std::vector<at::Tag> random = {at::Tag::nondeterministic_seeded}, none;
+  for (const char* schema : dropout_ext::kSchemas) {
+    const bool seeded = std::string(schema).find("Generator?") != std::string::npos;
+    const std::vector<at::Tag>& tags = seeded ? random : none;
+    m.def(torch::schema(schema), tags, torch::_RegisterOrVerify::REGISTER);
+  }
+}
+
+namespace {
+template <typename Lib>
+void register_kernels(Lib& m) {
+  m.impl("dropout", &dropout_ext::dropout_kernel);
+  m.impl("dropout_", &dropout_ext::dropout_inplace_kernel);
+  m.impl("dropout_add", &dropout_ext::dropout_add_kernel);
+  m.impl("bias_dropout_add", &dropout_ext::bias_dropout_add_kernel);
+  m.impl("dropout_backward", &dropout_ext::dropout_backward_kernel);
+  m.impl("philox4x32_10", &dropout_ext::philox_kernel);
+}
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dropout_ext, CPU, m) { register_kernels(m); }
+#ifdef DROPOUT_EXT_WITH_CUDA
+TORCH_LIBRARY_IMPL(dropout_ext, CUDA, m) { register_kernels(m); }
+#endif
