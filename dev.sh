@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # One entry point for a fresh clone (needs only Python 3 and a C++ compiler):
-#   ./dev.sh bench   set up .venv, build, run the CPU benchmark against torch
+#   ./dev.sh bench   set up .venv, build, run the CPU benchmark against torch (headline
+#                    tables in about 2 minutes; `./dev.sh bench --full` for the full sweep
+#                    and the plot, `--quick` for a smoke test, `--help` for the rest)
 #   ./dev.sh test    set up .venv, build, run the test suite
 #   ./dev.sh setup | build | shell-env
 # Environment: PYTHON (default python3), VENV (default .venv), MAX_JOBS (default 2),
@@ -15,6 +17,17 @@ PY="$VENV/bin/python"
 export MAX_JOBS=${MAX_JOBS:-2}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 
+# The full pip output goes to these files; the terminal gets one line per step (and the
+# log's last lines if a step fails).
+SETUP_LOG="$VENV/setup.log"
+BUILD_LOG="$VENV/build.log"
+
+fail_with_log() {
+  echo "== $1 failed; last lines of $2:" >&2
+  tail -30 "$2" >&2
+  exit 1
+}
+
 setup() {
   if [ ! -x "$PY" ]; then
     echo "== creating $VENV"
@@ -22,9 +35,11 @@ setup() {
   fi
   local stamp="$VENV/.deps-$(sha1sum requirements-dev.txt | cut -c1-12)"
   if [ ! -f "$stamp" ]; then
-    echo "== installing requirements-dev.txt (torch is a few GB the first time)"
-    "$PY" -m pip install --upgrade pip >/dev/null
-    "$PY" -m pip install -r requirements-dev.txt
+    echo "== installing requirements-dev.txt (torch is a few GB the first time; log: $SETUP_LOG)"
+    local t0=$SECONDS
+    { "$PY" -m pip install --upgrade pip && "$PY" -m pip install -r requirements-dev.txt; } >"$SETUP_LOG" 2>&1 \
+      || fail_with_log "installing requirements-dev.txt" "$SETUP_LOG"
+    echo "   installed in $((SECONDS - t0)) s: $("$PY" -c 'import torch; print("torch", torch.__version__)')"
     rm -f "$VENV"/.deps-*
     touch "$stamp"
   fi
@@ -32,10 +47,12 @@ setup() {
 
 build() {
   setup
-  echo "== building dropout_ext (MAX_JOBS=$MAX_JOBS, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
-  "$PY" -m pip install --no-build-isolation --no-deps -v -e . 2>&1 \
-    | sed -n '/dropout_ext build configuration:/,/MAX_JOBS/p; /rror/p; /Successfully/p'
-  "$PY" -c "import dropout_ext; print('== compiled backends:', dropout_ext.compiled_backends())"
+  echo "== building dropout_ext (MAX_JOBS=$MAX_JOBS, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST; log: $BUILD_LOG)"
+  local t0=$SECONDS
+  "$PY" -m pip install --no-build-isolation --no-deps -v -e . >"$BUILD_LOG" 2>&1 \
+    || fail_with_log "building dropout_ext" "$BUILD_LOG"
+  sed -n '/dropout_ext build configuration:/,/MAX_JOBS/p' "$BUILD_LOG"
+  "$PY" -c "import dropout_ext; print('== built in $((SECONDS - t0)) s; compiled backends:', dropout_ext.compiled_backends())"
 }
 
 case "${1:-test}" in

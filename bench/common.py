@@ -1,32 +1,68 @@
 """Timing helpers shared by the CPU and GPU benches (SPEC section 5): contenders timed
-in one process, interleaved round by round, median of >= 20 repetitions."""
+in one process, interleaved round by round in a rotating order, median of >= 20
+repetitions."""
+import glob
+import logging
+import os
 import statistics
+import sys
 import time
 
+MIN_REPS = 20  # SPEC section 5: medians of at least 20 interleaved repetitions
 
-def interleaved(fns, reps, warmup=2, sync=None):
-    """{name: median seconds}; each round times every contender once, in a rotated order."""
+
+def _calibrate(fn, target, cap=10000):
+    """How many back-to-back calls of fn make one timed sample of about `target` seconds."""
+    t0 = time.perf_counter()
+    fn()
+    one = time.perf_counter() - t0
+    return max(1, min(cap, int(target / max(one, 1e-7))))
+
+
+def interleaved_samples(fns, reps, warmup=2, sync=None, inner=1, timer=None):
+    """{name: [seconds per call, one per round]}. Each round times every contender once, in
+    an order rotated by one place per round, so that no contender always runs right after
+    the same one (a large allocation just freed by the previous contender changes the cost
+    of the next one's page faults).
+
+    inner: calls per timed sample (an int, a {name: int} dict, or "auto" to calibrate each
+    contender to about 2 ms per sample): small calls are timed as the mean of a burst, so
+    the figure is host time per call. sync: called before and after each sample (e.g.
+    torch.cuda.synchronize). timer: optional (name, fn, inner) -> seconds per call, to
+    time a sample another way (CUDA events)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     if sync:
         sync()
+    if inner == "auto":
+        inner = {name: _calibrate(fn, 2e-3) for name, fn in fns.items()}
+        if sync:
+            sync()
+    counts = inner if isinstance(inner, dict) else {name: inner for name in fns}
     times = {name: [] for name in fns}
     names = list(fns)
     for r in range(reps):
-        # rotate the order each round: no contender always runs right after the same one
-        # (a large allocation just freed by the previous contender changes the cost of the
-        # next one's page faults)
         for name in names[r % len(names):] + names[:r % len(names)]:
-            fn = fns[name]
+            fn, k = fns[name], counts[name]
+            if timer is not None:
+                times[name].append(timer(name, fn, k))
+                continue
             if sync:
                 sync()
             t0 = time.perf_counter()
-            fn()
+            for _ in range(k):
+                fn()
             if sync:
                 sync()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(v) for name, v in times.items()}
+            times[name].append((time.perf_counter() - t0) / k)
+    return times
+
+
+def interleaved(fns, reps, warmup=2, sync=None, inner=1, timer=None):
+    """{name: median seconds per call} of interleaved_samples (same arguments)."""
+    samples = interleaved_samples(fns, reps, warmup, sync, inner, timer)
+    return {name: statistics.median(v) for name, v in samples.items()}
 
 
 def saved_bytes(fn):
@@ -45,14 +81,62 @@ def saved_bytes(fn):
     return sum(seen.values())
 
 
+class SavedBytesCounter:
+    """Counts the bytes autograd saves inside `with counter.scope():` blocks, over many
+    scopes (e.g. every dropout call of a model's forward), each storage once."""
+
+    def __init__(self):
+        self.seen = {}
+
+    def _pack(self, t):
+        self.seen[(t.untyped_storage().data_ptr(), t.numel(), t.dtype)] = t.numel() * t.element_size()
+        return t
+
+    def scope(self):
+        import torch
+
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    @property
+    def total(self):
+        return sum(self.seen.values())
+
+
 def table(rows, columns):
-    """Fixed-width text table of dict rows."""
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
-    line = "  ".join(c.ljust(widths[c]) for c in columns)
+    """Fixed-width text table of dict rows; columns that no row has are left out."""
+    columns = [c for c in columns if any(c in r for r in rows)]
+    if not rows or not columns:
+        return "(no rows)"
+    widths = {c: max(len(c), *(len(_cell(r.get(c, ""))) for r in rows)) for c in columns}
+    line = "  ".join(c.ljust(widths[c]) for c in columns).rstrip()
     out = [line, "  ".join("-" * widths[c] for c in columns)]
     for r in rows:
-        out.append("  ".join(str(r.get(c, "")).ljust(widths[c]) for c in columns))
+        out.append("  ".join(_cell(r.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
     return "\n".join(out)
+
+
+def _cell(v):
+    if v is None:
+        return "-"
+    return str(v)
+
+
+def ratio(a, b, digits=None):
+    """a / b rounded (by default to 2 decimals below 10, 1 above), or None when either is
+    missing or b is zero."""
+    if a is None or b is None or b == 0:
+        return None
+    v = a / b
+    return round(v, digits if digits is not None else (1 if abs(v) >= 10 else 2))
+
+
+def log2name(n):
+    """'2^k' for a power of two, else the number."""
+    return "2^%d" % (n.bit_length() - 1) if n > 0 and n & (n - 1) == 0 else str(n)
+
+
+def shape_name(t):
+    return "x".join(str(s) for s in t.shape)
 
 
 def with_storage(mode, fn):
@@ -67,3 +151,143 @@ def with_storage(mode, fn):
         finally:
             dropout_ext.set_backward_storage(old)
     return run
+
+
+def fwd_bwd(fn, x, grad=None):
+    """A forward+backward contender: fn(leaf) then backward, with `grad` (a tensor shaped
+    as the output) or `.sum().backward()` when grad is None. The leaf is made once and its
+    .grad dropped before each call, so every call does the same work and nothing from one
+    call is kept alive into the next."""
+    leaf = x.detach().requires_grad_()
+
+    def run():
+        leaf.grad = None
+        out = fn(leaf)
+        if grad is None:
+            out.sum().backward()
+        else:
+            out.backward(grad)
+    return run
+
+
+# ----------------------------------------------------------------------------- torch.compile
+
+def quiet_torch_logs():
+    """torch.utils.cpp_extension logs 'No CUDA runtime is found' when inductor compiles
+    on a machine with a CUDA toolkit and no GPU: an environment notice, not about the op."""
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+
+
+def fresh_compile(fn, **kwargs):
+    """torch.compile(fn, dynamic=False) for one shape, after torch._dynamo.reset(): each
+    compiled contender is compiled for exactly the shape it is timed on, and the code
+    object's cache never fills up (no recompile_limit warnings, however many shapes a run
+    covers). Call it for every compiled contender of one timing set right before timing
+    that set (a later reset drops earlier compiled code)."""
+    import torch
+
+    cfg = torch._dynamo.config
+    for knob in ("recompile_limit", "cache_size_limit"):  # name differs across torch versions
+        if hasattr(cfg, knob):
+            setattr(cfg, knob, max(getattr(cfg, knob), 64))
+    kwargs.setdefault("dynamic", False)
+    return torch.compile(fn, **kwargs)
+
+
+def reset_compiled():
+    import torch
+
+    torch._dynamo.reset()
+
+
+# ----------------------------------------------------------------------------- the machine
+
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
+def loadavg():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:
+        return None
+
+
+def minor_faults():
+    """Minor page faults of this process so far (all threads)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def faults_per_call(fn, calls=3):
+    fn()
+    before = minor_faults()
+    for _ in range(calls):
+        fn()
+    return round((minor_faults() - before) / calls)
+
+
+JEMALLOC_CONF = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+
+
+def find_jemalloc():
+    """Path of libjemalloc.so.2 ($JEMALLOC_PATH, or the usual system places), or None."""
+    env = os.environ.get("JEMALLOC_PATH")
+    if env:
+        return env if os.path.exists(env) else None
+    for pattern in ("/usr/lib/x86_64-linux-gnu/libjemalloc.so.2", "/usr/lib/aarch64-linux-gnu/libjemalloc.so.2",
+                    "/usr/lib64/libjemalloc.so.2", "/usr/lib/libjemalloc.so.2", "/usr/local/lib/libjemalloc.so.2",
+                    "/usr/lib/*/libjemalloc.so.2", sys.prefix + "/lib/libjemalloc.so.2"):
+        for path in sorted(glob.glob(pattern)):
+            if os.path.exists(path):
+                return path
+    return None
+
+
+def allocator_in_use():
+    """'jemalloc', 'tcmalloc' or 'glibc malloc', from the libraries mapped into this process."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return "unknown"
+    for name in ("jemalloc", "tcmalloc"):
+        if "lib" + name in maps:
+            return name
+    return "glibc malloc"
+
+
+class Report:
+    """Collects the text of a run (tables and notes) to print and to write to a file."""
+
+    def __init__(self):
+        self.parts = []
+
+    def add(self, text, echo=True):
+        self.parts.append(text)
+        if echo:
+            print(text, flush=True)
+
+    def section(self, title, rows, columns, notes=(), echo=True):
+        text = "\n" + title + "\n" + table(rows, columns)
+        for n in notes:
+            text += "\n  " + n
+        self.add(text, echo)
+
+    def text(self):
+        return "\n".join(self.parts) + "\n"
+
+
+def progress(msg):
+    """A progress line on stderr (stdout carries only the tables)."""
+    print("  .. " + msg, file=sys.stderr, flush=True)

@@ -1,9 +1,21 @@
 #!/usr/bin/env bash
-# One prepared check for a GPU machine that has torch, nvcc and pytest but no network,
-# sized for about 15 minutes of GPU time: build for this GPU, run the CUDA tests, run the
-# GPU bench, and print a short table last. Usage: bash bench/gpu_check.sh
+# One prepared check for a GPU machine that has torch, nvcc, pytest and hypothesis but no
+# network, in at most about 6 minutes: build in place for this GPU with all cores, print
+# the build configuration and the kernels' register/spill counts, run the CUDA tests, run
+# the GPU bench, and print its tables last.
+#
+#   bash bench/gpu_check.sh            logs, figures and tables go to $OUT (default bench/results)
+#
+# Environment: OUT, PYTHON (default python3), GPU_CHECK_SECONDS (whole run, default 350),
+# PTXAS_VERBOSE=0 (skip -Xptxas -v), BENCH_ARGS (extra arguments for bench/bench_gpu.py,
+# e.g. "--quick"). Each stage runs under `timeout`, sized to leave room for the next ones.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+T0=$(date +%s)
+TOTAL=${GPU_CHECK_SECONDS:-350}
+left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
+clamp() { local v=$1; [ "$v" -gt "$3" ] && v=$3; [ "$v" -lt "$2" ] && v=$2; echo "$v"; }
+
 PY=${PYTHON:-python3}
 OUTDIR=${OUT:-bench/results}
 mkdir -p "$OUTDIR"
@@ -11,24 +23,54 @@ export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export DROPOUT_EXT_CUDA=1
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
 export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-
-echo "== build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS)"
-t0=$(date +%s)
-if ! $PY setup.py build_ext --inplace > "$OUTDIR/build.log" 2>&1; then
-  tail -40 "$OUTDIR/build.log"; echo "BUILD FAILED"; exit 1
+if [ "${PTXAS_VERBOSE:-1}" != "0" ]; then
+  export NVCC_APPEND_FLAGS="${NVCC_APPEND_FLAGS:-} -Xptxas -v"  # read by nvcc itself
 fi
-sed -n '/dropout_ext build configuration:/,/MAX_JOBS/p' "$OUTDIR/build.log"
-echo "   built in $(( $(date +%s) - t0 )) s"
-export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-$PY -c "import dropout_ext, torch; print('== backends', dropout_ext.compiled_backends(), torch.cuda.get_device_name())"
 
-echo "== CUDA tests"
+echo "== machine"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader || true
+$PY -c 'import sys, torch; print("python", sys.version.split()[0], "| torch", torch.__version__, "| CUDA", torch.version.cuda, "|", torch.cuda.get_device_name())'
+nvcc --version | tail -2 | head -1 || true
+echo "   nproc $(nproc), MAX_JOBS=$MAX_JOBS, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
+
+echo "== build (log: $OUTDIR/build.log)"
 t0=$(date +%s)
-timeout 420 $PY -m pytest -q -x -p no:cacheprovider tests/test_cuda.py tests/test_philox.py 2>&1 | tail -15 | tee "$OUTDIR/tests.log"
-test_rc=${PIPESTATUS[0]}
-echo "   tests took $(( $(date +%s) - t0 )) s, exit $test_rc"
+T=$(clamp $(( $(left) - 150 )) 60 240)
+timeout -k 10 "$T" $PY setup.py build_ext --inplace > "$OUTDIR/build.log" 2>&1
+build_rc=$?
+sed -n '/dropout_ext build configuration:/,/MAX_JOBS/p' "$OUTDIR/build.log"
+if [ $build_rc -ne 0 ]; then
+  grep -n "error" "$OUTDIR/build.log" | head -20; tail -30 "$OUTDIR/build.log"
+  echo "BUILD FAILED (exit $build_rc$([ $build_rc -eq 124 ] && echo ": timed out after ${T}s"))"; exit 1
+fi
+echo "   built in $(( $(date +%s) - t0 )) s"
+if [ "${PTXAS_VERBOSE:-1}" != "0" ]; then
+  $PY bench/ptxas_summary.py "$OUTDIR/build.log" > "$OUTDIR/ptxas.txt" 2>&1
+  $PY bench/ptxas_summary.py --all "$OUTDIR/build.log" > "$OUTDIR/ptxas_all.txt" 2>&1
+  head -12 "$OUTDIR/ptxas.txt"; echo "   (all kernels: $OUTDIR/ptxas_all.txt)"
+fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+$PY -c "import dropout_ext, torch; print('== backends', dropout_ext.compiled_backends(), torch.cuda.get_device_name())" || exit 1
 
-echo "== GPU bench"
-timeout 240 $PY bench/bench_gpu.py --out "$OUTDIR" 2>&1 | tee "$OUTDIR/bench.log"
-exit $test_rc
+echo "== CUDA tests (log: $OUTDIR/tests.log)"
+t0=$(date +%s)
+T=$(clamp $(( $(left) - 180 )) 45 150)
+timeout -k 10 "$T" $PY -m pytest -q -rfE --maxfail=25 -p no:cacheprovider tests/test_cuda.py tests/test_cuda_kernels.py tests/test_philox.py \
+  > "$OUTDIR/tests.log" 2>&1
+test_rc=$?
+grep -E "^(FAILED|ERROR)" "$OUTDIR/tests.log" | head -25
+tail -1 "$OUTDIR/tests.log"
+echo "   tests took $(( $(date +%s) - t0 )) s, exit $test_rc$([ $test_rc -eq 124 ] && echo " (timed out after ${T}s)")"
+
+echo "== GPU bench (progress: $OUTDIR/bench.err; tables: $OUTDIR/gpu_bench.txt; figures: $OUTDIR/gpu.json)"
+T=$(clamp $(( $(left) - 5 )) 60 400)
+BUDGET=$(( T - 60 ))
+# shellcheck disable=SC2086
+timeout -k 15 "$T" $PY bench/bench_gpu.py --out "$OUTDIR" --budget "$BUDGET" ${BENCH_ARGS:-} 2> "$OUTDIR/bench.err" \
+  | tee "$OUTDIR/bench.log"
+bench_rc=${PIPESTATUS[0]}
+if [ $bench_rc -ne 0 ]; then
+  echo "== bench exit $bench_rc; last lines of $OUTDIR/bench.err:"; grep -v "USDT\|^  \.\." "$OUTDIR/bench.err" | tail -15
+fi
+echo "== gpu_check took $(( $(date +%s) - T0 )) s: build ok, tests exit $test_rc, bench exit $bench_rc"
+[ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ]

@@ -26,21 +26,23 @@ _ops.register_fakes("dropout_ext_py")
 _python_ops = torch.ops.dropout_ext_py
 _ops.register_python_autograd(_python_ops)
 _compiled_ops = None
+_compiled_module = None  # the extension module: its entry points serve the common case
 load_error = None
 
 
-def _register_compiled():
+def _register_compiled(module):
     """Fake kernels of the compiled namespace (its autograd is C++)."""
-    global _compiled_ops
+    global _compiled_ops, _compiled_module
     _ops.register_fakes("dropout_ext")
     _compiled_ops = torch.ops.dropout_ext
+    _compiled_module = module
 
 
 if not FORCE_PYTHON:
     try:
-        from . import _C  # noqa: F401  (registers torch.ops.dropout_ext)
+        from . import _C  # registers torch.ops.dropout_ext
 
-        _register_compiled()
+        _register_compiled(_C)
     except (ImportError, OSError) as e:  # not built, or built against another torch
         load_error = e
 
@@ -67,14 +69,17 @@ _backward_storage = os.environ.get("DROPOUT_EXT_BACKWARD", "bits").strip().lower
 if _backward_storage not in BACKWARD_STORAGE:
     raise ValueError("DROPOUT_EXT_BACKWARD must be 'seed' or 'bits', got %r" % _backward_storage)
 
-# Read by functional.py on every call.
+# Read by functional.py on every call: the ops in use, the compiled module's entry points
+# when the compiled backend is in use (else None), and what backward keeps.
 OPS = None
+FAST = None
 SAVE = BACKWARD_STORAGE[_backward_storage]
 
 
 def _activate(namespace):
-    global OPS
+    global OPS, FAST
     OPS = _Ops(namespace)
+    FAST = _compiled_module if namespace is _compiled_ops else None
 
 
 _activate(_compiled_ops if _compiled_ops is not None else _python_ops)
@@ -121,7 +126,7 @@ def build(verbose=True, build_directory=None):
     if verbose:
         print("dropout_ext.build(): compiling %d sources (%s) for torch %s; this takes a few minutes"
               % (len(_build.sources(cuda)), "CPU + CUDA" if cuda else "CPU", torch.__version__), flush=True)
-    cpp_extension.load(
+    module = cpp_extension.load(
         name="dropout_ext_jit_cuda" if cuda else "dropout_ext_jit",
         sources=_build.sources(cuda),
         extra_cflags=cflags,
@@ -129,10 +134,10 @@ def build(verbose=True, build_directory=None):
         extra_ldflags=list(_build.LINK_FLAGS),
         extra_include_paths=includes,
         build_directory=build_directory,
-        is_python_module=False,
+        is_python_module=True,
         verbose=verbose,
     )
-    _register_compiled()
+    _register_compiled(module)
     _activate(_compiled_ops)
     load_error = None
     return compiled_backends()
@@ -170,13 +175,13 @@ def use(backend):
         new = _python_ops
     else:
         raise ValueError("backend must be 'compiled' or 'python', got %r" % (backend,))
-    global OPS
-    old = OPS
+    global OPS, FAST
+    old = OPS, FAST
     _activate(new)
     try:
         yield new
     finally:
-        OPS = old
+        OPS, FAST = old
 
 
 def backward_storage():

@@ -24,7 +24,7 @@ NVCC_FLAGS = ["-O3", "--fmad=false", "-lineinfo", "--expt-relaxed-constexpr"]
 def sources(cuda, root=HERE):
     """Source files, relative to `root`'s parent when root is the package folder."""
     base = os.path.join(root, "csrc")
-    files = [os.path.join(base, "ops.cpp"), os.path.join(base, "autograd.cpp")]
+    files = [os.path.join(base, n) for n in ("ops.cpp", "autograd.cpp", "python.cpp")]
     files += sorted(glob.glob(os.path.join(base, "cpu", "*.cpp")))
     if cuda:
         files += sorted(glob.glob(os.path.join(base, "cuda", "*.cu")))

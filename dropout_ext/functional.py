@@ -233,8 +233,12 @@ def dropout(input, p=0.5, training=True, inplace=False, *, seed=None, generator=
             and global_shape is None and global_offset is None and not _transforms_active()
             and not _is_compiling()):
         # The common case: one op call; dtype and device checks are the kernel's.
-        return _backend.OPS.dropout(input, None, None, p, KIND_INVERTED if scale_train else KIND_VANILLA,
-                                    input.dim(), _backend.SAVE if input.requires_grad and _grad_enabled() else 0)[0]
+        kind = KIND_INVERTED if scale_train else KIND_VANILLA
+        save = _backend.SAVE if input.requires_grad and _grad_enabled() else 0
+        fast = _backend.FAST
+        if fast is not None:
+            return fast.dropout(input, p, kind, save)
+        return _backend.OPS.dropout(input, None, None, p, kind, input.dim(), save)[0]
     _check_input(input)
     if not training:
         return _eval(input, p, inplace, scale_train)
@@ -408,6 +412,9 @@ def dropout_add(input, residual, p=0.5, training=True, *, seed=None, generator=N
             and generator is None and global_shape is None and global_offset is None
             and not _transforms_active() and not _is_compiling()):
         save = _backend.SAVE if (input.requires_grad or residual.requires_grad) and _grad_enabled() else 0
+        fast = _backend.FAST
+        if fast is not None:
+            return fast.dropout_add(input, residual, p, save)
         return _backend.OPS.dropout_add(input, residual, None, None, p, save)[0]
     _check_fused(input, residual)
     if not training:
@@ -426,6 +433,9 @@ def bias_dropout_add(input, bias, residual, p=0.5, training=True, *, seed=None, 
             and not _transforms_active() and not _is_compiling()):
         save = (_backend.SAVE if (input.requires_grad or residual.requires_grad or bias.requires_grad)
                 and _grad_enabled() else 0)
+        fast = _backend.FAST
+        if fast is not None:
+            return fast.bias_dropout_add(input, bias, residual, p, save)
         return _backend.OPS.bias_dropout_add(input, bias, residual, None, None, p, save)[0]
     _check_fused(input, residual, bias)
     if not training:

@@ -65,15 +65,15 @@ def test_gpu_masks_and_gradients_equal_cpu(storage, dtype):
         g = torch.randn_like(x)
         grads = []
         for dev in ("cpu", "cuda"):
-            xd = x.to(dev).requires_grad_()
+            xd = x.detach().clone().to(dev).requires_grad_()
             with backend_ctx("compiled"):
                 F.dropout(xd, 0.25, seed=SEED).backward(g.to(dev))
             grads.append(xd.grad.cpu())
         assert_same_bits(grads[1], grads[0])
         ops = _backend.compiled_ops()
         rng = torch.tensor([5, 6])
-        _, bits_cpu = ops.dropout(x, rng, 0.25, True, 1, True)
-        _, bits_gpu = ops.dropout(x.cuda(), rng, 0.25, True, 1, True)
+        _, bits_cpu = ops.dropout(x, rng, None, 0.25, 0, x.dim(), 1)
+        _, bits_gpu = ops.dropout(x.cuda(), rng, None, 0.25, 0, x.dim(), 1)
         assert torch.equal(bits_gpu.cpu(), bits_cpu)
 
 
@@ -81,8 +81,8 @@ def test_rng_on_device_equals_rng_on_host():
     ops = _backend.compiled_ops()
     x = torch.randn(10_000, device="cuda")
     rng = torch.tensor([123456789, 42])
-    a, _ = ops.dropout(x, rng, 0.5, True, 1, False)
-    b, _ = ops.dropout(x, rng.cuda(), 0.5, True, 1, False)
+    a, _ = ops.dropout(x, rng, None, 0.5, 0, 1, 0)
+    b, _ = ops.dropout(x, rng.cuda(), None, 0.5, 0, 1, 0)
     assert_same_bits(a, b)
 
 
@@ -153,12 +153,14 @@ def test_opcheck_cuda():
     r = torch.randn(5, 12, device="cuda", requires_grad=True)
     b = torch.randn(12, device="cuda", requires_grad=True)
     for rng in (torch.tensor([1, 2]), torch.tensor([1, 2], device="cuda")):
-        torch.library.opcheck(ops.dropout.default, (x, rng, 0.3, True, 1, True))
-        torch.library.opcheck(ops.dropout.default, (x, rng, 0.3, True, 12, False))
-        torch.library.opcheck(ops.dropout_add.default, (x, r, rng, 0.3, True))
-        torch.library.opcheck(ops.bias_dropout_add.default, (x, b, r, rng, 0.3, False))
-    torch.library.opcheck(ops.apply_mask_bits.default,
-                          (x, torch.randint(0, 256, (8,), dtype=torch.uint8, device="cuda"), 0.3, True, 1))
+        torch.library.opcheck(ops.dropout.default, (x, rng, None, 0.3, 0, 2, 1))
+        torch.library.opcheck(ops.dropout.default, (x, rng, None, 0.3, 2, 1, 2))
+        torch.library.opcheck(ops.dropout.default, (x.detach(), rng, None, 0.3, 1, 2, 0, [10, 24], [5, 12]))
+        torch.library.opcheck(ops.dropout_add.default, (x, r, rng, None, 0.3, 1))
+        torch.library.opcheck(ops.bias_dropout_add.default, (x, b, r, rng, None, 0.3, 2))
+        torch.library.opcheck(ops.dropout_backward.default, (x, rng, 0.3, 0, 2))
+    torch.library.opcheck(ops.dropout_backward.default,
+                          (x, torch.randint(0, 256, (8,), dtype=torch.uint8, device="cuda"), 0.3, 0, 2))
 
 
 def test_torch_compile_cuda():
@@ -182,7 +184,7 @@ def test_past_2_31_elements():
     if free < 3 * n * 2 + (1 << 30):
         pytest.skip("needs about %d GiB of free GPU memory" % (3 * n * 2 >> 30))
     x = torch.ones(n, dtype=torch.bfloat16, device="cuda")
-    out, bits = _backend.compiled_ops().dropout(x, torch.tensor([SEED - 2**64, 0]), 0.5, True, 1, True)
+    out, bits = _backend.compiled_ops().dropout(x, torch.tensor([SEED - 2**64, 0]), None, 0.5, 0, 1, 1)
     idx = torch.tensor([0, 5, (1 << 31) - 1, 1 << 31, (1 << 31) + 1, n - 1] + torch.randint(0, n, (64,)).tolist())
     j = idx // 4
     words = _reference.philox4x32_10(j & 0xFFFFFFFF, j >> 32, 0, 0, SEED & 0xFFFFFFFF, SEED >> 32)

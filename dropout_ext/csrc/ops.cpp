@@ -3,7 +3,6 @@
 // (cpu/launch.cpp or cuda/launch.cu). The same kernel functions serve the CPU and CUDA
 // dispatch keys. Autograd is in autograd.cpp, fake kernels in dropout_ext/_ops.py; the
 // Python backend declares the same schemas under `dropout_ext_py` (a test compares them).
-#include <Python.h>
 #include <ATen/ATen.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
@@ -15,13 +14,6 @@
 #include "index.h"
 #include "launch.h"
 #include "ops.h"
-
-// Importing `dropout_ext._C` loads this library and runs the registrations below; the
-// ops are then reached through torch.ops.dropout_ext, so no Python bindings are needed.
-extern "C" PyObject* PyInit__C(void) {
-  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module);
-}
 
 namespace dropout_ext {
 namespace {

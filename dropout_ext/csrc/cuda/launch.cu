@@ -429,18 +429,20 @@ template <typename T, Op OP, bool FROM_BITS>
 void launch_flat(const PassArgs& a, int64_t bias_len) {
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const int64_t units = (a.g.numel + kUnit - 1) / kUnit;
-  // The unroll sweep (bench) only varies the forward dropout; every op uses the default.
-  const int unroll = (OP == Op::Dropout && !FROM_BITS) ? g_unroll : 2;
-  switch (unroll) {
-    case 1:
+  // The unroll sweep (bench) only varies the forward dropout; every other op uses 2.
+  if constexpr (OP == Op::Dropout && !FROM_BITS) {
+    if (g_unroll == 1) {
       flat_kernel<T, OP, FROM_BITS, 1><<<blocks_for(units, kThreads), kThreads, 0, stream>>>(a, bias_len);
-      break;
-    case 4:
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+    if (g_unroll == 4) {
       flat_kernel<T, OP, FROM_BITS, 4><<<blocks_for(units, kThreads * 4), kThreads, 0, stream>>>(a, bias_len);
-      break;
-    default:
-      flat_kernel<T, OP, FROM_BITS, 2><<<blocks_for(units, kThreads * 2), kThreads, 0, stream>>>(a, bias_len);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
   }
+  flat_kernel<T, OP, FROM_BITS, 2><<<blocks_for(units, kThreads * 2), kThreads, 0, stream>>>(a, bias_len);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
