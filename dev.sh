@@ -55,10 +55,31 @@ build() {
   "$PY" -c "import dropout_ext; print('== built in $((SECONDS - t0)) s; compiled backends:', dropout_ext.compiled_backends())"
 }
 
+# Builds a wheel, installs it with the same torch into a fresh virtual environment and
+# runs a smoke test there from outside the source tree (what a user of the wheel gets).
+wheel_check() {
+  build
+  local work
+  work=$(mktemp -d)
+  echo "== building a wheel (log: $VENV/wheel.log)"
+  "$PY" -m pip wheel --no-build-isolation --no-deps -w "$work/dist" . >"$VENV/wheel.log" 2>&1 \
+    || fail_with_log "building the wheel" "$VENV/wheel.log"
+  local wheel torch_version
+  wheel=$(ls "$work"/dist/dropout_ext-*.whl)
+  torch_version=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
+  echo "== installing $(basename "$wheel") and torch $torch_version into a fresh venv ($work/venv)"
+  "$PYTHON" -m venv "$work/venv"
+  "$work/venv/bin/python" -m pip install "torch==$torch_version" "$wheel" >"$VENV/wheel-install.log" 2>&1 \
+    || fail_with_log "installing the wheel" "$VENV/wheel-install.log"
+  (cd "$work" && "$work/venv/bin/python" "$OLDPWD/tools/wheel_smoke.py")
+  rm -rf "$work"
+}
+
 case "${1:-test}" in
   setup) setup ;;
   build) build ;;
   test) build; shift || true; "$PY" -m pytest "$@" ;;
   bench) build; shift || true; "$PY" bench/bench_cpu.py "$@" ;;
-  *) echo "usage: ./dev.sh {test|bench|build|setup} [args for pytest or the bench]" >&2; exit 2 ;;
+  wheel-check) wheel_check ;;
+  *) echo "usage: ./dev.sh {test|bench|build|setup|wheel-check} [args for pytest or the bench]" >&2; exit 2 ;;
 esac

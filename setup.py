@@ -96,11 +96,23 @@ def extension():
     return ext
 
 
+def version():
+    """The version, written once in dropout_ext/_version.py."""
+    return _load("dropout_ext_version", os.path.join(HERE, "dropout_ext", "_version.py")).__version__
+
+
 setup(
     name="dropout_ext",
-    version="0.1.0",
+    version=version(),
     description="Fast, reproducible, memory-light dropout kernels for PyTorch (CPU and CUDA)",
     packages=find_packages(include=["dropout_ext", "dropout_ext.*"]),
+    # The C++/CUDA sources ship with the package: dropout_ext.build() compiles them at
+    # first use when the prebuilt extension does not match the installed torch.
+    package_data={"dropout_ext": ["py.typed", "csrc/*.h", "csrc/*.cpp", "csrc/cpu/*.h", "csrc/cpu/*.cpp",
+                                  "csrc/cpu/*.inc", "csrc/cuda/*.cu"]},
+    license="BSD-3-Clause",
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
     ext_modules=[extension()],
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
     python_requires=">=3.10",

@@ -523,7 +523,8 @@ def bench_gpt2(args, dry):
         cfg = G.Config(n_positions=max(1024, args.gpt2_seq))
         batch, seq, steps = args.gpt2_batch, args.gpt2_seq, args.gpt2_steps
     torch.manual_seed(0)
-    base = G.GPT2(cfg).to(DEVICE)
+    base, model_name = G.make_model(cfg, prefer_hf=not dry)
+    base = base.to(DEVICE)
     models = {"torch": base, "dropout_ext": copy.deepcopy(base)}
     replaced = G.replace_dropouts(models["dropout_ext"], lambda p: dropout_ext.nn.Dropout(p))
     opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
@@ -597,9 +598,9 @@ def bench_gpt2(args, dry):
                      "dropout saved MiB": round(saved[v][0] / 2**20, 2),
                      "all saved MiB": round(saved[v][1] / 2**20, 2),
                      "losses": losses[v], "step seconds": times[v]})
-    note = ("%d nn.Dropout modules replaced by dropout_ext.nn.Dropout and torch.nn.functional.dropout patched (the"
-            " attention-probability dropout); bf16 autocast, AdamW, %d interleaved steps each after 2 warm-up steps;"
-            " peak = torch.cuda.max_memory_allocated over a step." % (replaced, steps))
+    note = ("%s: %d nn.Dropout modules replaced by dropout_ext.nn.Dropout and torch.nn.functional.dropout patched"
+            " (the attention-probability dropout); bf16 autocast, AdamW, %d interleaved steps each after 2 warm-up"
+            " steps; peak = torch.cuda.max_memory_allocated over a step." % (model_name, replaced, steps))
     del models, opts
     if CUDA:
         torch.cuda.empty_cache()

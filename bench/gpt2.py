@@ -1,4 +1,5 @@
-"""A small self-contained GPT-2 in plain torch for the GPU bench (no `transformers`).
+"""GPT-2 for the GPU bench: Hugging Face's GPT2LMHeadModel (random init, eager attention)
+when `transformers` is installed, else this file's own GPT-2 in plain torch.
 
 The module layout and dropout placement follow Hugging Face's GPT2LMHeadModel with eager
 attention: dropout on the embeddings (`drop`), on the attention probabilities (a
@@ -109,3 +110,34 @@ def replace_dropouts(model, factory):
                 setattr(module, name, factory(child.p))
                 count += 1
     return count
+
+
+class HFAdapter(nn.Module):
+    """transformers' GPT2LMHeadModel behind this file's forward(idx, labels) -> loss."""
+
+    def __init__(self, hf):
+        super().__init__()
+        self.hf = hf
+
+    def forward(self, idx, labels):
+        return self.hf(input_ids=idx, labels=labels).loss
+
+
+def make_model(cfg, prefer_hf=True):
+    """(model, description): transformers' GPT-2 with eager attention (so the attention
+    probabilities go through a real dropout call) if available, else GPT2(cfg)."""
+    if prefer_hf:
+        try:
+            import transformers
+
+            config = transformers.GPT2Config(n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
+                                             vocab_size=cfg.vocab_size, n_positions=cfg.n_positions,
+                                             resid_pdrop=cfg.resid_pdrop, embd_pdrop=cfg.embd_pdrop,
+                                             attn_pdrop=cfg.attn_pdrop)
+            config._attn_implementation = "eager"
+            model = transformers.GPT2LMHeadModel(config)
+            model.config._attn_implementation = "eager"
+            return HFAdapter(model), "transformers %s GPT2LMHeadModel (eager attention)" % transformers.__version__
+        except Exception as e:  # not installed, or an API change
+            print("(transformers GPT-2 unavailable: %s; using bench/gpt2.py)" % (e,))
+    return GPT2(cfg), "bench/gpt2.py GPT-2 (plain torch)"

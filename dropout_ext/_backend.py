@@ -9,6 +9,7 @@ backend itself.
 import contextlib
 import os
 import warnings
+from typing import Optional, Tuple
 
 import torch
 
@@ -96,7 +97,7 @@ def _warn_fallback():
     )
 
 
-def build(verbose=True, build_directory=None):
+def build(verbose: bool = True, build_directory: Optional[str] = None) -> Tuple[str, ...]:
     """Compile the shipped C++ (and, with a CUDA torch and nvcc, CUDA) sources for the
     installed torch with torch.utils.cpp_extension.load (into torch's extension cache, or
     `build_directory`), load them and switch every op to the compiled kernels. Returns
@@ -156,7 +157,7 @@ def python_ops():
     return _python_ops
 
 
-def compiled_backends():
+def compiled_backends() -> Tuple[str, ...]:
     """Device types whose compiled kernels are in use; () when the Python fallback runs."""
     if _compiled_ops is None or OPS.namespace is not _compiled_ops:
         return ()
@@ -184,11 +185,11 @@ def use(backend):
         OPS, FAST = old
 
 
-def backward_storage():
+def backward_storage() -> str:
     return _backward_storage
 
 
-def set_backward_storage(mode):
+def set_backward_storage(mode: str) -> None:
     """Choose what backward keeps: "bits" (default; numel / 8 bytes) or "seed" (16 bytes)."""
     global _backward_storage, SAVE
     if mode not in BACKWARD_STORAGE:

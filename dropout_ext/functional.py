@@ -10,12 +10,13 @@ C++. The other routes:
   - torch.func transforms (grad, vjp, jacrev, vmap): _functorch.py;
   - DTensor inputs: _dtensor.py, which calls back here with the shard's global offset.
 """
-import math
 import numbers
 import operator
 import warnings
+from typing import Optional, Sequence
 
 import torch
+from torch import Tensor
 
 from . import _backend, _reference
 
@@ -216,8 +217,9 @@ def _eval(input, p, inplace, scale_train):
 # ------------------------------------------------------------------------------ dropout
 
 
-def dropout(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None, scale_train=True,
-            global_shape=None, global_offset=None):
+def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *, seed: Optional[int] = None,
+            generator: Optional[torch.Generator] = None, scale_train: bool = True,
+            global_shape: Optional[Sequence[int]] = None, global_offset: Optional[Sequence[int]] = None) -> Tensor:
     """Like torch.nn.functional.dropout: zeroes each element with probability p.
 
     training=True: out = input * keep / (1 - p) (scale_train=True, "inverted" dropout)
@@ -290,8 +292,9 @@ def _warn_unusual_rank(spatial, inp_dim):
         )
 
 
-def dropout1d(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None,
-              global_shape=None, global_offset=None):
+def dropout1d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+              seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+              global_shape: Optional[Sequence[int]] = None, global_offset: Optional[Sequence[int]] = None) -> Tensor:
     """torch.nn.functional.dropout1d: zero whole channels of (N, C, L) or (C, L) input."""
     p = _check_p(p)
     _check_input(input)
@@ -305,8 +308,9 @@ def dropout1d(input, p=0.5, training=True, inplace=False, *, seed=None, generato
     return _channel_dropout(input, p, training, inplace, seed, generator, 3, global_shape, global_offset)
 
 
-def dropout2d(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None,
-              global_shape=None, global_offset=None):
+def dropout2d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+              seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+              global_shape: Optional[Sequence[int]] = None, global_offset: Optional[Sequence[int]] = None) -> Tensor:
     """torch.nn.functional.dropout2d, warnings included (3-D input is taken as (N, C, L))."""
     p = _check_p(p)
     _check_input(input)
@@ -324,8 +328,9 @@ def dropout2d(input, p=0.5, training=True, inplace=False, *, seed=None, generato
     return _feature_dropout(input, p, training, inplace, seed, generator, global_shape, global_offset)
 
 
-def dropout3d(input, p=0.5, training=True, inplace=False, *, seed=None, generator=None,
-              global_shape=None, global_offset=None):
+def dropout3d(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool = False, *,
+              seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+              global_shape: Optional[Sequence[int]] = None, global_offset: Optional[Sequence[int]] = None) -> Tensor:
     """torch.nn.functional.dropout3d: zero whole channels of (N, C, D, H, W) or (C, D, H, W)."""
     p = _check_p(p)
     _check_input(input)
@@ -350,16 +355,19 @@ def _alpha(input, p, training, inplace, seed, generator, feature, global_shape, 
     return _run("dropout", input, p, KIND_ALPHA, lead, inplace, seed, generator, global_shape, global_offset)
 
 
-def alpha_dropout(input, p=0.5, training=False, inplace=False, *, seed=None, generator=None,
-                  global_shape=None, global_offset=None):
+def alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False, inplace: bool = False, *,
+                  seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                  global_shape: Optional[Sequence[int]] = None, global_offset: Optional[Sequence[int]] = None) -> Tensor:
     """torch.nn.functional.alpha_dropout (for SELU networks); training=False by default."""
     p = _check_p(p)
     _check_input(input)
     return _alpha(input, p, training, inplace, seed, generator, False, global_shape, global_offset)
 
 
-def feature_alpha_dropout(input, p=0.5, training=False, inplace=False, *, seed=None, generator=None,
-                          global_shape=None, global_offset=None):
+def feature_alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False, inplace: bool = False, *,
+                          seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                          global_shape: Optional[Sequence[int]] = None,
+                          global_offset: Optional[Sequence[int]] = None) -> Tensor:
     """torch.nn.functional.feature_alpha_dropout: alpha dropout of whole channels."""
     p = _check_p(p)
     _check_input(input)
@@ -369,7 +377,9 @@ def feature_alpha_dropout(input, p=0.5, training=False, inplace=False, *, seed=N
 # ------------------------------------------------------------------------ drop_path
 
 
-def drop_path(input, p=0.5, training=True, *, seed=None, generator=None, global_shape=None, global_offset=None):
+def drop_path(input: Tensor, p: float = 0.5, training: bool = True, *, seed: Optional[int] = None,
+              generator: Optional[torch.Generator] = None, global_shape: Optional[Sequence[int]] = None,
+              global_offset: Optional[Sequence[int]] = None) -> Tensor:
     """Stochastic depth (timm's drop_path, torchvision's stochastic_depth "row" mode):
     each sample (index of dim 0) is kept with probability 1 - p and scaled by 1 / (1 - p)."""
     p = _check_p(p)
@@ -403,8 +413,9 @@ def _check_fused(input, residual, bias=None):
                                % (input.shape[-1] if input.dim() else "none", tuple(bias.shape)))
 
 
-def dropout_add(input, residual, p=0.5, training=True, *, seed=None, generator=None,
-                global_shape=None, global_offset=None):
+def dropout_add(input: Tensor, residual: Tensor, p: float = 0.5, training: bool = True, *,
+                seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                global_shape: Optional[Sequence[int]] = None, global_offset: Optional[Sequence[int]] = None) -> Tensor:
     """residual + dropout(input, p) in one pass (read input and residual once, write once)."""
     if p.__class__ is not float or not 0.0 <= p <= 1.0:
         p = _check_p(p)
@@ -423,8 +434,10 @@ def dropout_add(input, residual, p=0.5, training=True, *, seed=None, generator=N
                 global_offset, residual=residual)
 
 
-def bias_dropout_add(input, bias, residual, p=0.5, training=True, *, seed=None, generator=None,
-                     global_shape=None, global_offset=None):
+def bias_dropout_add(input: Tensor, bias: Tensor, residual: Tensor, p: float = 0.5, training: bool = True, *,
+                     seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                     global_shape: Optional[Sequence[int]] = None,
+                     global_offset: Optional[Sequence[int]] = None) -> Tensor:
     """residual + dropout(input + bias, p) in one pass; bias broadcasts over the last dim."""
     if p.__class__ is not float or not 0.0 <= p <= 1.0:
         p = _check_p(p)
