@@ -74,9 +74,11 @@ def assert_same_bits(a, b):
     """Bit-for-bit equality; NaNs must match in position (their payload may differ)."""
     assert a.shape == b.shape, (a.shape, b.shape)
     assert a.dtype == b.dtype, (a.dtype, b.dtype)
-    na, nb = torch.isnan(a), torch.isnan(b)
-    assert torch.equal(na.cpu(), nb.cpu()), "NaN positions differ"
-    ia, ib = int_view(a)[~na.contiguous()].cpu(), int_view(b)[~nb.contiguous()].cpu()
+    na, nb = torch.isnan(a).reshape(-1).cpu(), torch.isnan(b).reshape(-1).cpu()
+    assert torch.equal(na, nb), "NaN positions differ"
+    ia, ib = int_view(a).reshape(-1).cpu(), int_view(b).reshape(-1).cpu()
+    if na.any():
+        ia, ib = ia.masked_fill(na, 0), ib.masked_fill(na, 0)
     if not torch.equal(ia, ib):
         bad = (ia != ib).nonzero()[:5].flatten().tolist()
         raise AssertionError("tensors differ in %d of %d elements, first at %s" % (int((ia != ib).sum()), ia.numel(), bad))
