@@ -43,7 +43,7 @@ def backend(request):
 @pytest.fixture(params=testing.CPU_ISAS or ["python"])
 def cpu_isa(request):
     if request.param == "python":
-        pytest.skip("compiled extension not built")
+        pytest.skip(testing.NO_COMPILED_REASON)
     with testing.cpu_isa_ctx(request.param):
         yield request.param
 

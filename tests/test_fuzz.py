@@ -15,8 +15,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from testing import (CPU_ISAS, HAS_COMPILED, assert_same_bits, backend_ctx, cpu_isa_ctx, expected_dropout,
-                     oracle_mask, peek_rng_pair, raw_dropout, storage_ctx)
+from testing import (CPU_ISAS, assert_same_bits, backend_ctx, cpu_isa_ctx, expected_dropout,
+                     oracle_mask, peek_rng_pair, raw_dropout, requires_compiled, storage_ctx)
 
 from dropout_ext import functional as F
 
@@ -25,8 +25,6 @@ settings.register_profile("ci", max_examples=400, deadline=None, derandomize=Tru
 settings.register_profile("long", max_examples=3000, deadline=None, database=None,
                           suppress_health_check=list(HealthCheck))
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
-
-pytestmark = pytest.mark.skipif(not HAS_COMPILED, reason="compiled extension not built")
 
 P_VALUES = [0.0, 1.0, 2.0**-32, 1 - 2.0**-32, 0.5, 1 / 3, 0.999999, 1e-9,
             3 / 2**32, (2**31 + 1) / 2**32, (2**32 - 5) / 2**32]
@@ -179,6 +177,7 @@ def run(op, x, p, rng, aux):
     return out.detach(), grad
 
 
+@requires_compiled
 @given(x=tensors(), p=st.one_of(st.sampled_from(P_VALUES), st.floats(0, 1)), rng=rngs(),
        op=st.integers(0, 2**32 - 1).map(lambda v: OPS[v % len(OPS)]), storage=st.sampled_from(["seed", "bits"]))
 def test_compiled_paths_equal_python(x, p, rng, op, storage):
@@ -204,7 +203,7 @@ def test_compiled_paths_equal_python(x, p, rng, op, storage):
 # A fixed sweep next to the fuzz: every size within 3 of a multiple of 8, 16 and 64 at a
 # few magnitudes up to 2**16, on the default path (a generator's (key, base)) and with an
 # explicit non-zero base, forward and backward, every ISA against the Python backend and
-# both against the oracle.
+# both against the oracle (the Python backend alone when no build is loaded).
 SWEEP_SIZES = sorted({w * m + d for w in (8, 16, 64) for m in (1, 2, 5, 33, 257, MAX_NUMEL // w)
                       for d in (-3, -1, 0, 1, 3) if 0 < w * m + d <= MAX_NUMEL})
 

@@ -13,7 +13,9 @@ HAS_COMPILED = _backend.compiled_ops() is not None
 HAS_CUDA_KERNELS = HAS_COMPILED and torch._C._dispatch_has_kernel_for_dispatch_key("dropout_ext::dropout", "CUDA")
 HAS_GPU = torch.cuda.is_available()
 
-requires_compiled = pytest.mark.skipif(not HAS_COMPILED, reason="compiled extension not built")
+NO_COMPILED_REASON = "compiled ops not loaded: %s" % (
+    "DROPOUT_EXT_FORCE_PYTHON=1" if _backend.FORCE_PYTHON else "extension not built or not loadable (%s)" % (_backend.load_error,))
+requires_compiled = pytest.mark.skipif(not HAS_COMPILED, reason=NO_COMPILED_REASON)
 requires_gpu = pytest.mark.skipif(not (HAS_GPU and HAS_CUDA_KERNELS), reason="needs a CUDA GPU and a CUDA build")
 
 BACKENDS = ["compiled", "python"] if HAS_COMPILED else ["python"]
