@@ -225,7 +225,9 @@ def test_past_2_31_elements():
     if free < 3 * n * 2 + (1 << 30):
         pytest.skip("needs about %d GiB of free GPU memory" % (3 * n * 2 >> 30))
     x = torch.ones(n, dtype=torch.bfloat16, device="cuda")
-    out, bits = _backend.compiled_ops().dropout(x, torch.tensor([SEED - 2**64, 0]), 0.5, True, 1, True)
+    with backend_ctx("compiled"):
+        bits = raw_dropout_bits(x, SEED, 0, 0.5)
+        out = raw_dropout(x, SEED, 0, 0.5)
     idx = torch.tensor([0, 5, (1 << 31) - 1, 1 << 31, (1 << 31) + 1, n - 1] + torch.randint(0, n, (64,)).tolist())
     w = torch.from_numpy(oracle.words_at(SEED, 0, idx.numpy()).astype("int64"))
     keep = w >= (1 << 31)
