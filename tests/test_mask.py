@@ -10,7 +10,7 @@ import oracle
 import pytest
 import torch
 from testing import (BACKENDS, CPU_ISAS, DTYPES, assert_same_bits, backend_ctx, clone_generator, cpu_isa_ctx,
-                     expected_dropout, expected_rng_pair, oracle_mask, peek_rng_pair, raw_dropout,
+                     expected_dropout, expected_rng_pair, make, oracle_mask, peek_rng_pair, raw_dropout,
                      raw_dropout_bits, requires_compiled, requires_gpu)
 
 from dropout_ext import functional as F
@@ -203,8 +203,6 @@ def test_default_path_same_on_every_backend_and_isa(op, shape, dtype):
 
 @pytest.mark.parametrize("layout", ["transposed", "sliced", "channels_last"])
 def test_default_path_layouts_same_on_every_backend(layout):
-    from testing import make
-
     x = make(layout, (4, 6, 5, 33))
     g = torch.Generator().manual_seed(4)
     outs = []
