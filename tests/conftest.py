@@ -1,11 +1,36 @@
 import os
 import sys
+import zlib
 
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import torch  # noqa: E402
 import testing  # noqa: E402
+
+import dropout_ext  # noqa: E402
+
+
+def pytest_configure(config):
+    """Fail at collection, loudly, rather than skip every compiled test in silence."""
+    problem = testing.compiled_build_problem()
+    if problem:
+        raise pytest.UsageError("dropout_ext test suite: " + problem)
+
+
+def pytest_report_header(config):
+    return ["dropout_ext imported from %s; compiled backends %s; CPU ISAs %s; GPU %s" % (
+        os.path.abspath(dropout_ext.__file__), dropout_ext.compiled_backends(), testing.CPU_ISAS or "none",
+        "yes" if testing.HAS_GPU else "no")]
+
+
+@pytest.fixture(autouse=True)
+def _seeded(request):
+    """Every test starts from a fixed torch RNG state (its own, from its node id), so
+    unseeded randn / seed=None calls are the same on every run."""
+    torch.manual_seed(zlib.crc32(request.node.nodeid.encode()))
+    yield
 
 
 @pytest.fixture(params=testing.BACKENDS)
@@ -18,7 +43,7 @@ def backend(request):
 @pytest.fixture(params=testing.CPU_ISAS or ["python"])
 def cpu_isa(request):
     if request.param == "python":
-        pytest.skip("compiled extension not built")
+        pytest.skip(testing.NO_COMPILED_REASON)
     with testing.cpu_isa_ctx(request.param):
         yield request.param
 

@@ -2,9 +2,10 @@
 torch itself, and every bad input of SPEC section 4 (clear error, inputs untouched)."""
 import math
 
+import oracle
 import pytest
 import torch
-from testing import assert_same_bits, keep_mask
+from testing import assert_same_bits, keep_mask, oracle_mask, peek_rng_pair
 
 import dropout_ext
 from dropout_ext import functional as F
@@ -80,13 +81,21 @@ def test_module_repr_and_isinstance():
 def test_module_train_eval(backend):
     torch.manual_seed(0)
     m = nn.Dropout(0.5)
-    x = torch.ones(1000)
+    n = 10000
+    x = torch.ones(n)
+    key, base = peek_rng_pair()  # the module draws from the default generator
     y = m(x)
-    assert set(y.unique().tolist()) <= {0.0, 2.0} and 300 < int((y == 0).sum()) < 700
+    keep = oracle_mask(x.shape, 0.5, key, base)
+    assert_same_bits(y, torch.where(keep, 2.0, 0.0))
+    # and the drop count is plausible: Binomial(n, 1/2), sigma = sqrt(n p (1 - p)) = 50
+    assert abs(int((y == 0).sum()) - n / 2) < 5 * math.sqrt(n * 0.25)
     m.eval()
     assert m(x) is x
     v = nn.Dropout(0.5, scale_train=False).eval()
     assert torch.equal(v(x), x * 0.5)
+    v.train()
+    key, base = peek_rng_pair()
+    assert_same_bits(v(x), oracle_mask(x.shape, 0.5, key, base).float())
 
 
 def test_inplace_writes_input_and_returns_it(backend):
@@ -214,10 +223,16 @@ def test_compiled_backends_reports_active_backend():
 
 
 def test_p_rounding_threshold_boundaries(backend):
-    """p = k / 2**32 boundaries: threshold is exactly k, so the word k is kept and k-1 dropped."""
+    """p = k / 2**32 gives the threshold k exactly: an element whose word is k is kept at
+    that p and dropped at p = (k + 1) / 2**32 (words from the oracle at seed 77; the
+    exhaustive boundary cases are in test_mask.py)."""
     x = torch.ones(1 << 12)
+    words = oracle.words(77, 0, x.numel())
+    for i in (0, 1, 6, 4095):
+        k = int(words[i])
+        for p, kept in ((k / 2**32, True), ((k + 1) / 2**32, False)):
+            out = F.dropout(x, p, seed=77, scale_train=False)
+            assert bool(out[i] == 1) == kept, (i, hex(k), p)
+            assert torch.equal(out != 0, keep_mask(x.shape, p, 77))
     for k in (1, 2**31, 2**32 - 1):
-        p = k / 2**32
-        out = F.dropout(x, p, seed=77, scale_train=False)
-        assert torch.equal(out != 0, keep_mask(x.shape, p, 77))
-    assert math.floor((2**32 - 1) / 2**32 * 2**32) == 2**32 - 1
+        assert math.floor(k / 2**32 * 2**32) == k

@@ -1,12 +1,13 @@
 """CUDA backend: the same bits as the CPU for every dtype, shape and layout; gradients;
 CUDA graphs; torch.compile; opcheck; 64-bit indexing. Skipped (visibly) without a GPU."""
+import oracle
 import pytest
 import torch
-from testing import (DTYPES, LAYOUTS, SHAPES, assert_same_bits, backend_ctx, make, requires_gpu,
-                     storage_ctx)
+from testing import (DTYPES, LAYOUTS, SHAPES, assert_same_bits, backend_ctx, clone_generator, expected_dropout,
+                     keep_mask, make, oracle_mask, raw_dropout, raw_dropout_bits, requires_gpu, storage_ctx)
 
 import dropout_ext
-from dropout_ext import _backend, _reference
+from dropout_ext import _backend
 from dropout_ext import functional as F
 
 pytestmark = [pytest.mark.cuda, requires_gpu]
@@ -65,16 +66,58 @@ def test_gpu_masks_and_gradients_equal_cpu(storage, dtype):
         g = torch.randn_like(x)
         grads = []
         for dev in ("cpu", "cuda"):
+            # a fresh leaf on each device (x.to("cpu") would be x itself, and after the
+            # CPU pass made it require grad, x.to("cuda") would be a non-leaf without .grad)
             xd = x.detach().clone().to(dev).requires_grad_()
             with backend_ctx("compiled"):
                 F.dropout(xd, 0.25, seed=SEED).backward(g.to(dev))
+            assert xd.grad is not None and xd.grad.device.type == dev
             grads.append(xd.grad.cpu())
         assert_same_bits(grads[1], grads[0])
-        ops = _backend.compiled_ops()
-        rng = torch.tensor([5, 6])
-        _, bits_cpu = ops.dropout(x, rng, None, 0.25, 0, x.dim(), 1)
-        _, bits_gpu = ops.dropout(x.cuda(), rng, None, 0.25, 0, x.dim(), 1)
+        assert_same_bits(grads[0], expected_dropout(g, keep_mask(x.shape, 0.25, SEED), 0.25))
+        with backend_ctx("compiled"):
+            bits_cpu = raw_dropout_bits(x, 5, 6, 0.25)
+            bits_gpu = raw_dropout_bits(x.cuda(), 5, 6, 0.25)
         assert torch.equal(bits_gpu.cpu(), bits_cpu)
+        assert bits_cpu.tolist() == oracle.pack_bits(oracle.keep_mask(x.numel(), 0.25, 5, 6)).tolist()
+
+
+@pytest.mark.parametrize("n", [1, 5, 64, 65, 4099, (1 << 20) + 3])
+def test_gpu_key_and_base_is_the_oracle_mask(dtype, n):
+    """Explicit (key, base) with a non-zero base, on the GPU, against the oracle."""
+    key, base = 0x0123456789ABCDEF, 0xF0E1D2C3B4A59687
+    x = torch.randn(n, dtype=dtype)
+    for name in ("compiled", "python"):
+        with backend_ctx(name):
+            out = raw_dropout(x.cuda(), key, base, 0.3).cpu()
+        assert_same_bits(out, expected_dropout(x, oracle_mask((n,), 0.3, key, base), 0.3))
+
+
+@pytest.mark.parametrize("op", ["dropout", "dropout2d", "drop_path", "dropout_add", "alpha_dropout"])
+def test_gpu_default_path_python_equals_compiled(op):
+    """seed=None and a CUDA generator=: the Python backend on the GPU and the CUDA kernels
+    draw the same (key, base) from the same generator state and give the same bits."""
+    x = torch.randn(4, 6, 33, 5, device="cuda")
+    r = torch.randn_like(x)
+    call = {
+        "dropout": lambda **kw: F.dropout(x, 0.3, **kw),
+        "dropout2d": lambda **kw: F.dropout2d(x, 0.3, **kw),
+        "drop_path": lambda **kw: F.drop_path(x, 0.3, **kw),
+        "dropout_add": lambda **kw: F.dropout_add(x, r, 0.3, **kw),
+        "alpha_dropout": lambda **kw: F.alpha_dropout(x, 0.3, True, **kw),
+    }[op]
+    gen = torch.Generator(device="cuda").manual_seed(21)
+    results = []
+    for name in ("compiled", "python"):
+        with backend_ctx(name):
+            gc = clone_generator(gen)
+            a = call(generator=gc)
+            torch.cuda.manual_seed(13)
+            b = call()
+        results.append((a, b, gc.get_state()))
+    assert_same_bits(results[0][0], results[1][0])
+    assert_same_bits(results[0][1], results[1][1])
+    assert torch.equal(results[0][2], results[1][2])
 
 
 def test_rng_on_device_equals_rng_on_host():
@@ -184,11 +227,11 @@ def test_past_2_31_elements():
     if free < 3 * n * 2 + (1 << 30):
         pytest.skip("needs about %d GiB of free GPU memory" % (3 * n * 2 >> 30))
     x = torch.ones(n, dtype=torch.bfloat16, device="cuda")
-    out, bits = _backend.compiled_ops().dropout(x, torch.tensor([SEED - 2**64, 0]), None, 0.5, 0, 1, 1)
+    with backend_ctx("compiled"):
+        bits = raw_dropout_bits(x, SEED, 0, 0.5)
+        out = raw_dropout(x, SEED, 0, 0.5)
     idx = torch.tensor([0, 5, (1 << 31) - 1, 1 << 31, (1 << 31) + 1, n - 1] + torch.randint(0, n, (64,)).tolist())
-    j = idx // 4
-    words = _reference.philox4x32_10(j & 0xFFFFFFFF, j >> 32, 0, 0, SEED & 0xFFFFFFFF, SEED >> 32)
-    w = torch.stack(words, 1).gather(1, (idx % 4)[:, None]).squeeze(1)
+    w = torch.from_numpy(oracle.words_at(SEED, 0, idx.numpy()).astype("int64"))
     keep = w >= (1 << 31)
     got = out[idx.cuda()].float().cpu()
     assert torch.equal(got, torch.where(keep, 2.0, 0.0))

@@ -1,19 +1,34 @@
 """Philox4x32-10 known-answer vectors (SPEC section 3) on every backend and CPU path."""
+import numpy as np
+import oracle
 import pytest
 import torch
+from oracle import KAT
 from testing import BACKENDS, keep_mask
 
 from dropout_ext import _backend, _reference
 from dropout_ext import functional as F
 
-KAT = [
-    ((0x00000000, 0x00000000, 0x00000000, 0x00000000), (0x00000000, 0x00000000),
-     (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
-    ((0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF),
-     (0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD)),
-    ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0),
-     (0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1)),
-]
+
+@pytest.mark.parametrize("counter,key,expected", KAT)
+def test_oracle_known_answers(counter, key, expected):
+    """The test suite's own Philox (tests/oracle.py), plain ints and numpy, on the SPEC's vectors."""
+    assert oracle.philox4x32_10_int(counter, key) == expected
+    got = oracle.philox4x32_10(*(np.array([c, c]) for c in counter), *key)
+    assert [tuple(int(w[r]) for w in got) for r in range(2)] == [expected, expected]
+
+
+def test_oracle_words_follow_the_counter_layout():
+    """words_at / words: element i is word i % 4 of counter (j lo, j hi, base lo, base hi)."""
+    key, base = 0xA4093822299F31D0 >> 1, 0x0370734413198A2E
+    idx = [0, 1, 2, 3, 4, 7, 4099, 2**32 * 4 + 2, 2**62 + 1]
+    for i, w in zip(idx, oracle.words_at(key, base, idx)):
+        j = i // 4
+        expected = oracle.philox4x32_10_int((j & 0xFFFFFFFF, j >> 32, base & 0xFFFFFFFF, base >> 32),
+                                            (key & 0xFFFFFFFF, key >> 32))[i % 4]
+        assert int(w) == expected, i
+    assert np.array_equal(oracle.words(key, base, 4099), oracle.words_at(key, base, np.arange(4099)))
+    assert oracle.words(0, 0, 4).tolist() == list(KAT[0][2])
 
 
 def _ops(name):
@@ -42,7 +57,7 @@ def test_mask_definition_by_hand():
     expected = []
     for i in range(n):
         j = i // 4
-        words = _reference.philox4x32_10(j & 0xFFFFFFFF, j >> 32, 0, 0, seed & 0xFFFFFFFF, seed >> 32)
+        words = oracle.philox4x32_10_int((j & 0xFFFFFFFF, j >> 32, 0, 0), (seed & 0xFFFFFFFF, seed >> 32))
         expected.append(int(words[i % 4]) >= t)
     assert keep_mask((n,), p, seed).tolist() == expected
     with _backend.use(BACKENDS[0]):

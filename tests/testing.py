@@ -2,6 +2,7 @@
 layout products from here."""
 import contextlib
 
+import oracle
 import pytest
 import torch
 
@@ -12,7 +13,9 @@ HAS_COMPILED = _backend.compiled_ops() is not None
 HAS_CUDA_KERNELS = HAS_COMPILED and torch._C._dispatch_has_kernel_for_dispatch_key("dropout_ext::dropout", "CUDA")
 HAS_GPU = torch.cuda.is_available()
 
-requires_compiled = pytest.mark.skipif(not HAS_COMPILED, reason="compiled extension not built")
+NO_COMPILED_REASON = "compiled ops not loaded: %s" % (
+    "DROPOUT_EXT_FORCE_PYTHON=1" if _backend.FORCE_PYTHON else "extension not built or not loadable (%s)" % (_backend.load_error,))
+requires_compiled = pytest.mark.skipif(not HAS_COMPILED, reason=NO_COMPILED_REASON)
 requires_gpu = pytest.mark.skipif(not (HAS_GPU and HAS_CUDA_KERNELS), reason="needs a CUDA GPU and a CUDA build")
 
 BACKENDS = ["compiled", "python"] if HAS_COMPILED else ["python"]
@@ -73,21 +76,149 @@ def assert_same_bits(a, b):
     """Bit-for-bit equality; NaNs must match in position (their payload may differ)."""
     assert a.shape == b.shape, (a.shape, b.shape)
     assert a.dtype == b.dtype, (a.dtype, b.dtype)
-    na, nb = torch.isnan(a), torch.isnan(b)
-    assert torch.equal(na.cpu(), nb.cpu()), "NaN positions differ"
-    ia, ib = int_view(a)[~na.contiguous()].cpu(), int_view(b)[~nb.contiguous()].cpu()
+    na, nb = torch.isnan(a).reshape(-1).cpu(), torch.isnan(b).reshape(-1).cpu()
+    assert torch.equal(na, nb), "NaN positions differ"
+    ia, ib = int_view(a).reshape(-1).cpu(), int_view(b).reshape(-1).cpu()
+    if na.any():
+        ia, ib = ia.masked_fill(na, 0), ib.masked_fill(na, 0)
     if not torch.equal(ia, ib):
         bad = (ia != ib).nonzero()[:5].flatten().tolist()
         raise AssertionError("tensors differ in %d of %d elements, first at %s" % (int((ia != ib).sum()), ia.numel(), bad))
 
 
-def keep_mask(shape, p, seed, device="cpu"):
-    """The SPEC mask of `shape` at `seed`, from the Python reference (bool)."""
-    from dropout_ext import _reference
+def acc_dtype(dtype):
+    """The arithmetic dtype of SPEC section 2: float32 for the 16-bit types."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
-    n = int(torch.Size(shape).numel())
-    rng = torch.tensor([seed - 2**64 if seed >= 2**63 else seed, 0])
-    return _reference.keep_mask(rng, p, (n,), 1, torch.device(device)).reshape(shape)
+
+def signed64(v):
+    """An unsigned 64-bit word as the signed int64 the rng tensors hold."""
+    v = int(v) % 2**64
+    return v - 2**64 if v >= 2**63 else v
+
+
+# ------------------------------------------------------------------ expected masks
+# Expected masks come from tests/oracle.py (an independent Philox4x32-10 and SPEC mask),
+# never from dropout_ext._reference.
+
+
+def oracle_mask(shape, p, key, base=0, device="cpu"):
+    """The SPEC mask of `shape` for (key, base) (bool tensor)."""
+    return torch.from_numpy(oracle.keep_mask(tuple(shape), p, key, base)).to(device)
+
+
+def keep_mask(shape, p, seed, device="cpu"):
+    """The SPEC mask of `shape` at `seed=` (key = seed, base = 0), from the oracle."""
+    return oracle_mask(shape, p, seed, 0, device)
+
+
+def expected_factor(keep, p, dtype, scale_train=True):
+    """keep * 1/(1 - p) (or keep * 1) in the accumulation dtype of `dtype`."""
+    acc = acc_dtype(dtype)
+    scale = 1.0 / (1.0 - p) if scale_train and p < 1.0 else 1.0
+    return torch.where(keep, torch.tensor(scale, dtype=acc), torch.tensor(0.0, dtype=acc))
+
+
+def expected_dropout(x, keep, p, scale_train=True):
+    """SPEC section 2: x * m * scale in the accumulation dtype, rounded once; `keep` is
+    the mask of x's logical shape, or of a prefix of it (channel-wise, per-sample)."""
+    factor = expected_factor(keep, p, x.dtype, scale_train)
+    factor = factor.reshape(tuple(keep.shape) + (1,) * (x.dim() - keep.dim()))
+    return (x.to(factor.dtype) * factor).to(x.dtype)
+
+
+# ------------------------------------------------------- the generator's (key, base)
+
+
+def expected_rng_pair(generator=None):
+    """(key, base) as unsigned ints that a `seed=None` / `generator=` call on a CPU input
+    draws from `generator` (None: torch's default CPU generator), advancing it as that
+    call does. The one place that states the draw rule: change it here when it changes."""
+    g = torch.default_generator if generator is None else generator
+    words = torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, generator=g)
+    key, base = (int(w) % 2**64 for w in words)
+    return key, base
+
+
+def peek_rng_pair(generator=None):
+    """expected_rng_pair without advancing the generator."""
+    g = torch.default_generator if generator is None else generator
+    state = g.get_state()
+    try:
+        return expected_rng_pair(g)
+    finally:
+        g.set_state(state)
+
+
+def clone_generator(g):
+    """A new generator in g's state: backends fed clones must draw the same masks."""
+    c = torch.Generator(device=g.device)
+    c.set_state(g.get_state())
+    return c
+
+
+# ------------------------------------------------------------ raw-op adapters
+# The one place that calls the raw op schemas with an explicit (key, base): port these
+# when the schemas change.
+
+
+def raw_dropout(x, key, base, p, scale_train=True):
+    """Dropout of x with explicit (key, base) on the active backend (element-wise)."""
+    rng = torch.tensor([signed64(key), signed64(base)], dtype=torch.int64)
+    return _backend.ops().dropout(x, rng, None, p, 0 if scale_train else 1, x.dim(), 0)[0]
+
+
+def raw_dropout_bits(x, key, base, p):
+    """The bit-packed keep mask the active backend saves for backward (bit i % 8 of byte
+    i // 8 is element i's keep)."""
+    rng = torch.tensor([signed64(key), signed64(base)], dtype=torch.int64)
+    return _backend.ops().dropout(x, rng, None, p, 0, x.dim(), 1)[1]
+
+
+# ------------------------------------------------ is the build the one imported?
+
+
+def compiled_build_problem():
+    """Why the suite must not run (a message), or None. It must not run when the
+    compiled ops are not loaded although a build exists next to the imported package,
+    in the source tree or in site-packages (a silent fallback would skip every
+    compiled test), or when DROPOUT_EXT_REQUIRE_COMPILED=1 asks for them."""
+    import glob
+    import os
+    import site
+    import sysconfig
+
+    if _backend.compiled_ops() is not None:
+        return None
+    imported = os.path.abspath(dropout_ext.__file__)
+    why = "the compiled ops are not loaded (%s)" % (
+        "DROPOUT_EXT_FORCE_PYTHON=1" if _backend.FORCE_PYTHON else "load error: %s" % (_backend.load_error,))
+    require = os.environ.get("DROPOUT_EXT_REQUIRE_COMPILED", "").strip().lower() not in ("", "0", "false", "no")
+    if require:
+        return "DROPOUT_EXT_REQUIRE_COMPILED=1 but %s; dropout_ext was imported from %s" % (why, imported)
+    if _backend.FORCE_PYTHON:
+        return None  # the fallback was asked for
+    source_tree = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dropout_ext")
+    dirs = {os.path.dirname(imported), source_tree}
+    for sp in list(site.getsitepackages()) + [site.getusersitepackages(), sysconfig.get_paths()["purelib"],
+                                              sysconfig.get_paths()["platlib"]]:
+        dirs.add(os.path.join(sp, "dropout_ext"))
+    builds = {f for d in dirs for f in glob.glob(os.path.join(d, "_C*.so")) + glob.glob(os.path.join(d, "_C*.pyd"))}
+    try:  # an installed distribution that lists a build
+        import importlib.metadata
+
+        dist = importlib.metadata.distribution("dropout_ext")
+        builds |= {str(dist.locate_file(f)) for f in dist.files or () if f.name.startswith("_C")
+                   and f.name.endswith((".so", ".pyd")) and os.path.exists(str(dist.locate_file(f)))}
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    builds = sorted(builds)
+    if builds:
+        return ("a compiled build exists (%s) but %s; dropout_ext was imported from %s. Run the tests "
+                "against the package that holds the build (e.g. an editable install, or PYTHONPATH), "
+                "or set DROPOUT_EXT_FORCE_PYTHON=1 to test the fallback on purpose."
+                % (", ".join(builds), why, imported))
+    return None
 
 
 @contextlib.contextmanager

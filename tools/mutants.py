@@ -1,0 +1,397 @@
+#!/usr/bin/env python3
+"""Mutation check: does the test suite catch the bugs that matter?
+
+Applies a fixed list of plausible bugs (mutants) to the package one at a time, in place,
+runs a few fast tests chosen for each, restores the file, and reports which mutants the
+tests kill. Exits non-zero if any mutant survives, if a mutant's text is not found exactly
+once (the list has gone stale after a refactor: update the mutant), or if the unmutated
+tests do not pass.
+
+Each Python-layer mutant runs twice: with the compiled kernels loaded (the default
+backend; DROPOUT_EXT_REQUIRE_COMPILED=1 makes the suite stop if they are not) and with
+the pure-Python backend only (DROPOUT_EXT_FORCE_PYTHON=1). A mutant of `_reference.py`
+changes only the Python backend, so it must be killed by a test that compares that
+backend with the oracle (tests/oracle.py) or with the compiled kernels.
+
+Kernel mutants (`needs_build`) change C++ sources and need a rebuild of the extension;
+they are skipped with a message unless --with-build is given together with
+--build-cmd (the command that rebuilds the extension in place, e.g. "./dev.sh build");
+the tool runs it after applying the mutant and again after restoring the file.
+
+    python tools/mutants.py                 # every Python-layer mutant, both backends
+    python tools/mutants.py --only keep-gt,bits-pack
+    python tools/mutants.py --list
+    python tools/mutants.py --all-killers   # run each selection to the end (no -x)
+
+The files are restored in a finally block (also on Ctrl-C and SIGTERM); a run that was
+killed outright leaves a journal in the temp directory that the next run restores first.
+"""
+import argparse
+import base64
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+JOURNAL = os.path.join(tempfile.gettempdir(),
+                       "dropout_ext_mutants_%s.json" % hashlib.sha1(ROOT.encode()).hexdigest()[:12])
+
+REF = "dropout_ext/_reference.py"
+FUN = "dropout_ext/functional.py"
+OPS = "dropout_ext/_ops.py"
+T_MASK = "tests/test_mask.py"
+T_DROP = "tests/test_dropout.py"
+T_FAM = "tests/test_family.py"
+T_API = "tests/test_api.py"
+
+
+@dataclass
+class Mutant:
+    id: str
+    file: str
+    old: str
+    new: str
+    tests: list  # pytest node ids (files or file::test), run with -x
+    needs_build: bool = False
+    extra_edits: list = field(default_factory=list)  # more (file, old, new) applied together
+    why: str = ""
+
+    def edits(self):
+        return [(self.file, self.old, self.new)] + list(self.extra_edits)
+
+
+MUTANTS = [
+    # ---- _reference.py: the Python backend's Philox and mask
+    Mutant("keep-gt", REF, "    return words >= keep_threshold(p)", "    return words > keep_threshold(p)",
+           [T_MASK + "::test_threshold_boundaries_seed"], why="keep iff u > t instead of u >= t"),
+    Mutant("threshold-round", REF, "    return math.floor(p * 2**32)", "    return round(p * 2**32)",
+           [T_MASK + "::test_threshold_boundaries_seed"], why="t rounded instead of floored"),
+    Mutant("base-words-swapped", REF, "    c2, c3 = _words32(rng[1])", "    c3, c2 = _words32(rng[1])",
+           [T_MASK + "::test_key_and_base_mask_is_the_oracle_mask", T_MASK + "::test_generator_call_draws_the_expected_pair"],
+           why="base hi/lo in the wrong counter words (invisible with seed=, where base = 0)"),
+    Mutant("counter-j-base-swapped", REF, "    words = philox4x32_10(j & MASK32, j >> 32, c2, c3, k0, k1)",
+           "    words = philox4x32_10(c2, c3, j & MASK32, j >> 32, k0, k1)",
+           [T_MASK + "::test_threshold_boundaries_seed", T_MASK + "::test_key_and_base_mask_is_the_oracle_mask"],
+           why="block index and base in each other's counter words"),
+    Mutant("key-words-swapped", REF, "    k0, k1 = _words32(rng[0])", "    k1, k0 = _words32(rng[0])",
+           [T_MASK + "::test_threshold_boundaries_seed"], why="key hi/lo swapped"),
+    Mutant("key-bump-constants", REF, "PHILOX_W0, PHILOX_W1 = 0x9E3779B9, 0xBB67AE85",
+           "PHILOX_W0, PHILOX_W1 = 0xBB67AE85, 0x9E3779B9",
+           ["tests/test_philox.py::test_known_answers", T_MASK + "::test_threshold_boundaries_seed"],
+           why="the two Weyl key bumps exchanged"),
+    Mutant("float64-scale-in-float32", REF,
+           "    scale = torch.tensor(keep_scale(p, scale_train), dtype=acc, device=keep.device)",
+           "    scale = torch.tensor(keep_scale(p, scale_train), dtype=torch.float32, device=keep.device).to(acc)",
+           [T_DROP + "::test_kept_values_are_scaled", T_MASK + "::test_generator_path_values"],
+           why="float64 scaled by 1/(1-p) rounded to float32"),
+    Mutant("bits-pack-reversed", REF, "    weights = 1 << torch.arange(8, dtype=torch.int64, device=keep.device)",
+           "    weights = 1 << torch.arange(7, -1, -1, dtype=torch.int64, device=keep.device)",
+           [T_MASK + "::test_saved_bits_are_the_packed_oracle_mask", T_DROP + "::test_backward_is_grad_times_mask_times_scale"],
+           why="bit 7 - i%8 instead of bit i%8 when packing"),
+    Mutant("bits-unpack-reversed", REF, "    shifts = torch.arange(8, dtype=torch.int64, device=bits.device)",
+           "    shifts = torch.arange(7, -1, -1, dtype=torch.int64, device=bits.device)",
+           [T_DROP + "::test_backward_is_grad_times_mask_times_scale"], why="backward reads the bits reversed"),
+    Mutant("bits-order-both-reversed", REF,
+           "    weights = 1 << torch.arange(8, dtype=torch.int64, device=keep.device)",
+           "    weights = 1 << torch.arange(7, -1, -1, dtype=torch.int64, device=keep.device)",
+           [T_MASK + "::test_saved_bits_are_the_packed_oracle_mask"],
+           extra_edits=[(REF, "    shifts = torch.arange(8, dtype=torch.int64, device=bits.device)",
+                         "    shifts = torch.arange(7, -1, -1, dtype=torch.int64, device=bits.device)")],
+           why="pack and unpack both reversed (self-consistent, but not the format the kernels write)"),
+    Mutant("output-contiguous", REF, "    out = torch.empty_like(input)\n    out.copy_(",
+           "    out = torch.empty(input.shape, dtype=input.dtype, device=input.device)\n    out.copy_(",
+           [T_DROP + "::test_output_keeps_memory_format"], why="output strides not those of empty_like"),
+    Mutant("output-memory-order", REF, "    out.copy_(values.reshape(input.shape))",
+           "    out.as_strided((out.numel(),), (1,)).copy_(values.reshape(-1))",
+           [T_DROP + "::test_mask_follows_logical_index"],
+           why="row-major values written in memory order (channels_last / permuted outputs scrambled)"),
+    Mutant("input-storage-offset-ignored", REF, "    x = input.reshape(-1, group).to(factor.dtype)",
+           "    x = input.as_strided(input.shape, input.stride(), 0).reshape(-1, group).to(factor.dtype)",
+           [T_DROP + "::test_mask_follows_logical_index"], why="a view's storage offset dropped"),
+    # ---- functional.py / _ops.py: shared by both backends, so only independent
+    # expectations (the oracle, the formula, the draw rule) can catch these
+    Mutant("seed-into-base", FUN, "        return torch.tensor([key, 0], dtype=torch.int64)",
+           "        return torch.tensor([0, key], dtype=torch.int64)",
+           [T_MASK + "::test_threshold_boundaries_seed"], why="seed= fills base instead of key"),
+    Mutant("generator-draw-order", FUN,
+           "    return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device, generator=generator)",
+           "    return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device, generator=generator).flip(0)",
+           [T_MASK + "::test_generator_call_draws_the_expected_pair"], why="(key, base) drawn in the other order"),
+    Mutant("generator-ignored", FUN,
+           "    return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device, generator=generator)",
+           "    return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device, generator=None)",
+           [T_MASK + "::test_generator_call_draws_the_expected_pair"], why="draws from the default generator, not generator="),
+    Mutant("channel-lead-dims", FUN, "    return _masked(input, p, True, _channel_size(input, 2), inplace, seed, generator)",
+           "    return _masked(input, p, True, _channel_size(input, 1), inplace, seed, generator)",
+           [T_FAM + "::test_channel_dropout_mask_is_per_channel"], why="feature dropout masks per sample, not per (N, C)"),
+    Mutant("unbatched-lead-dims", FUN,
+           "        return _masked(input, p, True, _channel_size(input, 1), inplace, seed, generator)",
+           "        return _masked(input, p, True, _channel_size(input, 2), inplace, seed, generator)",
+           [T_FAM + "::test_channel_dropout_mask_is_per_channel"], why="unbatched dropout1d/3d: wrong lead dims"),
+    Mutant("channel-size-off-by-one", FUN, "    return math.prod(input.shape[lead:]) if input.numel() else 1",
+           "    return math.prod(input.shape[lead + 1:]) if input.numel() else 1",
+           [T_FAM + "::test_channel_dropout_mask_is_per_channel"], why="group size one dim short"),
+    Mutant("drop-path-group", FUN, "    return _masked(input, p, True, _channel_size(input, 1), False, seed, generator)",
+           "    return _masked(input, p, True, _channel_size(input, 2), False, seed, generator)",
+           [T_FAM + "::test_drop_path_per_sample"], why="drop_path per (N, C) instead of per sample"),
+    Mutant("feature-alpha-mask-shape", FUN,
+           "    mask_shape = tuple(input.shape[:2]) + (1,) * (input.dim() - 2) if feature else tuple(input.shape)",
+           "    mask_shape = tuple(input.shape[:1]) + (1,) * (input.dim() - 1) if feature else tuple(input.shape)",
+           [T_FAM + "::test_alpha_dropout_formula_and_backends"], why="feature alpha dropout per sample"),
+    Mutant("alpha-float64-in-float32", FUN,
+           "    acc = torch.float64 if input.dtype == torch.float64 else torch.float32\n    ones",
+           "    acc = torch.float32\n    ones",
+           [T_FAM + "::test_alpha_dropout_formula_and_backends"], why="alpha dropout of float64 computed in float32"),
+    Mutant("vanilla-backward-scaled", OPS,
+           "        return ops.dropout(grad, rng, ctx.p, ctx.scale_train, ctx.group, False)[0]",
+           "        return ops.dropout(grad, rng, ctx.p, True, ctx.group, False)[0]",
+           [T_DROP + "::test_vanilla_backward_is_grad_times_mask"],
+           why="backward from the seed scales by 1/(1-p) although scale_train=False"),
+    # ---- kernel headers and sources: need a rebuild of the extension
+    Mutant("kernel-base-words-swapped", "csrc/philox.h",
+           "static_cast<uint32_t>(m.base), static_cast<uint32_t>(m.base >> 32),",
+           "static_cast<uint32_t>(m.base >> 32), static_cast<uint32_t>(m.base),",
+           [T_MASK + "::test_key_and_base_every_isa", T_MASK + "::test_key_and_base_mask_is_the_oracle_mask"],
+           needs_build=True, why="kernels: base hi/lo swapped in the counter"),
+    Mutant("kernel-key-bump", "csrc/philox.h", "constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;",
+           "constexpr uint32_t kPhiloxW1 = 0xBB67AE86u;", ["tests/test_philox.py::test_known_answers"],
+           needs_build=True, why="kernels: wrong key bump constant"),
+    Mutant("kernel-threshold-ceil", "csrc/philox.h", "return static_cast<uint32_t>(floor(p * 4294967296.0));",
+           "return static_cast<uint32_t>(ceil(p * 4294967296.0));", [T_MASK + "::test_threshold_boundaries_every_isa"],
+           needs_build=True, why="kernels: threshold ceil instead of floor"),
+    Mutant("kernel-scalar-keep-gt", "csrc/cpu/kernels_scalar.cpp", "    return words_.v[i & 3] >= m_.threshold;",
+           "    return words_.v[i & 3] > m_.threshold;", [T_MASK + "::test_threshold_boundaries_every_isa"],
+           needs_build=True, why="scalar CPU kernel: keep iff u > t"),
+]
+
+CONFIGS = {
+    # name: environment for the pytest subprocess
+    "compiled": {"DROPOUT_EXT_REQUIRE_COMPILED": "1", "DROPOUT_EXT_FORCE_PYTHON": "0"},
+    "python": {"DROPOUT_EXT_FORCE_PYTHON": "1", "DROPOUT_EXT_REQUIRE_COMPILED": "0"},
+}
+
+
+class StaleMutant(Exception):
+    pass
+
+
+def _read(rel):
+    with open(os.path.join(ROOT, rel), "rb") as f:
+        return f.read()
+
+
+def _write(rel, data):
+    path = os.path.join(ROOT, rel)
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _purge_caches():
+    """No .pyc may hide a mutation (or a restored file)."""
+    for sub in ("dropout_ext", "tests"):
+        shutil.rmtree(os.path.join(ROOT, sub, "__pycache__"), ignore_errors=True)
+
+
+def check_texts(mutants):
+    """Every mutant's old text occurs exactly once in its file; raise listing all that do not."""
+    problems = []
+    for m in mutants:
+        for rel, old, new in m.edits():
+            path = os.path.join(ROOT, rel)
+            if not os.path.exists(path):
+                problems.append("%s: %s does not exist" % (m.id, rel))
+                continue
+            count = _read(rel).decode().count(old)
+            if count != 1:
+                problems.append("%s: the text to mutate occurs %d times in %s (expected once):\n      %r"
+                                % (m.id, count, rel, old))
+            if old == new:
+                problems.append("%s: old and new text are the same" % m.id)
+    if problems:
+        raise StaleMutant("\n  ".join(["stale mutants (update tools/mutants.py after the refactor):"] + problems))
+
+
+def restore_from_journal():
+    """A run killed outright (SIGKILL, power loss) leaves the original files here."""
+    if not os.path.exists(JOURNAL):
+        return
+    with open(JOURNAL) as f:
+        saved = json.load(f)
+    for rel, b64 in saved.items():
+        _write(rel, base64.b64decode(b64))
+        print("mutants: restored %s from the journal of an interrupted run (%s)" % (rel, JOURNAL), file=sys.stderr)
+    os.remove(JOURNAL)
+
+
+class Applied:
+    """Context manager: the mutant's edits in place; the originals back on exit, whatever
+    happens (verified, with `git show HEAD:file` as a last resort)."""
+
+    def __init__(self, mutant):
+        self.mutant = mutant
+        self.originals = {}
+
+    def __enter__(self):
+        for rel, _, _ in self.mutant.edits():
+            if rel not in self.originals:
+                self.originals[rel] = _read(rel)
+        with open(JOURNAL, "w") as f:
+            json.dump({rel: base64.b64encode(data).decode() for rel, data in self.originals.items()}, f)
+        try:
+            texts = {rel: data.decode() for rel, data in self.originals.items()}
+            for rel, old, new in self.mutant.edits():
+                if texts[rel].count(old) != 1:
+                    raise StaleMutant("%s: text not found exactly once in %s" % (self.mutant.id, rel))
+                texts[rel] = texts[rel].replace(old, new)
+            for rel, text in texts.items():
+                _write(rel, text.encode())
+            _purge_caches()
+        except BaseException:
+            self.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        for rel, data in self.originals.items():
+            try:
+                _write(rel, data)
+                ok = _read(rel) == data
+            except OSError:
+                ok = False
+            if not ok:
+                head = subprocess.run(["git", "show", "HEAD:" + rel], cwd=ROOT, capture_output=True).stdout
+                _write(rel, head)
+                print("mutants: could not restore %s from memory; restored it from git HEAD" % rel, file=sys.stderr)
+        if os.path.exists(JOURNAL):
+            os.remove(JOURNAL)
+        _purge_caches()
+        return False
+
+
+def run_pytest(tests, config, stop_first=True):
+    env = dict(os.environ)
+    env.update(CONFIGS[config])
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf"] + (["-x"] if stop_first else []) + list(tests)
+    t0 = time.time()
+    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
+    out = proc.stdout + proc.stderr
+    failed = re.findall(r"^FAILED (.+?)(?: - .*)?$", out, re.M)
+    return proc.returncode, failed, out, time.time() - t0
+
+
+def build(cmd):
+    print("mutants: building: %s" % cmd, flush=True)
+    proc = subprocess.run(cmd, shell=True, cwd=ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError("build command failed (%d): %s" % (proc.returncode, cmd))
+
+
+def _on_sigterm(signum, frame):
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", help="comma-separated mutant ids")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--with-build", action="store_true", help="also run the kernel mutants (needs --build-cmd)")
+    ap.add_argument("--build-cmd", help="command that rebuilds the extension in place (with --with-build)")
+    ap.add_argument("--configs", default="compiled,python", help="which backends to run: compiled,python")
+    ap.add_argument("--all-killers", action="store_true", help="run each selection to the end (no -x)")
+    args = ap.parse_args(argv)
+
+    signal.signal(signal.SIGTERM, _on_sigterm)  # restore the files as on Ctrl-C
+    restore_from_journal()
+    mutants = MUTANTS
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = set(wanted) - {m.id for m in MUTANTS}
+        if unknown:
+            ap.error("unknown mutant ids: %s" % ", ".join(sorted(unknown)))
+        mutants = [m for m in MUTANTS if m.id in wanted]
+    if args.list:
+        for m in mutants:
+            print("%-30s %-30s %s%s" % (m.id, m.file, m.why, "  [needs build]" if m.needs_build else ""))
+        return 0
+    if args.with_build and not args.build_cmd:
+        ap.error("--with-build needs --build-cmd (the command that rebuilds the extension in place)")
+    configs = args.configs.split(",")
+
+    try:
+        check_texts(mutants)
+    except StaleMutant as e:
+        print("mutants: FAIL\n  %s" % e, file=sys.stderr)
+        return 2
+
+    skipped = [m for m in mutants if m.needs_build and not args.with_build]
+    for m in skipped:
+        print("mutants: SKIP %s (%s): changes %s and needs a rebuild of the extension; run with "
+              "--with-build --build-cmd CMD" % (m.id, m.why, m.file))
+    todo = [m for m in mutants if m not in skipped]
+
+    # the unmutated selections must pass, or a "kill" means nothing
+    started = time.time()
+    all_tests = sorted({t for m in todo for t in m.tests})
+    for config in configs:
+        rc, failed, out, secs = run_pytest(all_tests, config, stop_first=False)
+        print("mutants: baseline (%s backend): rc %d in %.1fs" % (config, rc, secs), flush=True)
+        if rc != 0:
+            print(out[-4000:], file=sys.stderr)
+            print("mutants: FAIL: the unmutated tests do not pass on the %s backend" % config, file=sys.stderr)
+            return 2
+
+    rows, errors = [], []
+    for m in todo:
+        results = {}
+        with Applied(m):
+            if m.needs_build:
+                build(args.build_cmd)
+            for config in (["compiled"] if m.needs_build else configs):
+                rc, failed, out, secs = run_pytest(m.tests, config, stop_first=not args.all_killers)
+                if rc == 1 and failed:
+                    results[config] = ("killed", failed)
+                elif rc == 0:
+                    results[config] = ("SURVIVED", [])
+                else:
+                    results[config] = ("ERROR rc=%d" % rc, [])
+                    errors.append((m.id, config, out[-3000:]))
+                print("mutants: %-30s %-9s %-10s %5.1fs %s" % (m.id, config, results[config][0], secs,
+                                                              " ".join(failed[:3])), flush=True)
+        if m.needs_build:
+            build(args.build_cmd)  # the restored sources
+        rows.append((m, results))
+
+    print("\n%-30s %-10s %-10s %s" % ("mutant", "compiled", "python", "killed by (first failing test per backend)"))
+    print("-" * 120)
+    survived = 0
+    for m, results in rows:
+        cells = []
+        for config in ("compiled", "python"):
+            cells.append(results[config][0] if config in results else "-")
+        killers = sorted({t for status, failed in results.values() for t in failed[:1 if not args.all_killers else None]})
+        survived += sum(1 for status, _ in results.values() if status != "killed")
+        print("%-30s %-10s %-10s %s" % (m.id, cells[0], cells[1], "; ".join(killers)))
+    for m in skipped:
+        print("%-30s %-10s %-10s %s" % (m.id, "skipped", "skipped", "needs a rebuild (--with-build)"))
+    print("-" * 120)
+    print("%d mutants run, %d skipped (need a build), %d survived or errored; %.0fs"
+          % (len(rows), len(skipped), survived, time.time() - started))
+    for mid, config, out in errors:
+        print("\n---- %s on %s: pytest did not report a plain failure\n%s" % (mid, config, out), file=sys.stderr)
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
