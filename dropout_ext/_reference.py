@@ -21,6 +21,8 @@ SELU_ALPHA = 1.7580993408473766  # SELU's negative saturation, scale * alpha
 
 KIND_INVERTED, KIND_VANILLA, KIND_ALPHA = 0, 1, 2
 SAVE_NONE, SAVE_BITS, SAVE_RNG = 0, 1, 2
+# base = offset with the top bit set on CUDA, apart from torch's own curand counters (csrc/pass_args.h)
+CUDA_BASE_TAG = 1 << 63
 
 
 def _mulhilo32(a, m):
@@ -74,7 +76,7 @@ def _signed64(v):
 def draw_rng(generator, device):
     """(key, base) as int64[2] on `device`, drawn as the compiled kernels draw them: two
     words of the CPU generator (as torch.randint(-2**63, 2**63 - 1) gives them), or
-    (seed, offset) of the CUDA generator's Philox state with the offset advanced by 4."""
+    (seed, offset ^ 2**63) of the CUDA generator's Philox state, the offset advanced by 4."""
     if device.type == "cuda":
         gen = generator
         if gen is None:
@@ -82,7 +84,7 @@ def draw_rng(generator, device):
             gen = torch.cuda.default_generators[index]
         offset = gen.get_offset()
         gen.set_offset(offset + 4)
-        pair = [_signed64(gen.initial_seed()), _signed64(offset)]
+        pair = [_signed64(gen.initial_seed()), _signed64(offset ^ CUDA_BASE_TAG)]
         return torch.tensor(pair, dtype=torch.int64, device=device)
     return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, generator=generator).to(device)
 

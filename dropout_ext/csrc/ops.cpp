@@ -151,6 +151,7 @@ struct Call {
   int64_t lead = 0;
   int64_t save = 0;
   OptInts global_shape, global_offset;
+  mutable Tensor rng_hold;  // a contiguous copy of a device rng tensor, kept for the launches
 };
 
 // Fills a's mask parameters and (key, base): from the rng tensor (by value from the CPU,
@@ -167,8 +168,9 @@ void set_rng(PassArgs& a, const Call& c, Tensor* saved_rng) {
       a.mask.key = static_cast<uint64_t>(r.data_ptr<int64_t>()[0]);
       a.mask.base = static_cast<uint64_t>(r.data_ptr<int64_t>()[1]);
     } else {
-      const Tensor r = rng->contiguous();
-      a.rng.key_ptr = r.data_ptr<int64_t>();
+      // read by the kernels when they run: the tensor must outlive the call's launches
+      c.rng_hold = rng->contiguous();
+      a.rng.key_ptr = c.rng_hold.data_ptr<int64_t>();
       a.rng.base_ptr = a.rng.key_ptr + 1;
     }
     if (saved_rng) *saved_rng = rng->clone();
@@ -194,7 +196,7 @@ void set_rng(PassArgs& a, const Call& c, Tensor* saved_rng) {
 }
 
 void run_pass(PassArgs& a, const at::Device& device) {
-  if (a.g.numel == 0) return;
+  if (a.g.numel == 0 && !a.rng_out) return;
   if (device.is_cpu()) return cpu_run_pass(a);
 #ifdef DROPOUT_EXT_WITH_CUDA
   if (device.is_cuda()) return cuda_run_pass(a);

@@ -29,7 +29,14 @@ struct RngSource {
   const int64_t* key_ptr = nullptr;
   const int64_t* base_ptr = nullptr;
   uint64_t base_add = 0;
+  uint64_t base_xor = 0;  // base = (*base_ptr + base_add) ^ base_xor
 };
+
+// The CUDA generator's Philox state (seed, offset) gives key = seed and base = offset with
+// the top bit set. torch's own CUDA random kernels draw curand Philox words at counters
+// (offset / 4 + n, thread index) under the same key; base >= 2**63 keeps this package's
+// counters (j, base) apart from every counter those kernels use.
+constexpr uint64_t kCudaBaseTag = uint64_t(1) << 63;
 
 struct PassArgs {
   Op op = Op::Dropout;

@@ -50,7 +50,7 @@ __device__ __forceinline__ MaskParams resolve_mask(const PassArgs& a) {
   MaskParams m = a.mask;
   if (a.rng.key_ptr) {
     m.key = static_cast<uint64_t>(*a.rng.key_ptr);
-    m.base = static_cast<uint64_t>(*a.rng.base_ptr) + a.rng.base_add;
+    m.base = (static_cast<uint64_t>(*a.rng.base_ptr) + a.rng.base_add) ^ a.rng.base_xor;
   }
   if (a.rng_out && blockIdx.x == 0 && threadIdx.x == 0) {
     a.rng_out[0] = static_cast<int64_t>(m.key);
@@ -59,24 +59,42 @@ __device__ __forceinline__ MaskParams resolve_mask(const PassArgs& a) {
   return m;
 }
 
-// Keep bits of the 8 consecutive words w .. w+7 (bit q = word w + q).
+__global__ void rng_kernel(const PassArgs a) { resolve_mask(a); }
+
+// Keep bits of the 8 consecutive words w .. w+7 (bit q = word w + q): two Philox blocks
+// when w starts a block, else the three that cover them.
+template <int S>
+__device__ __forceinline__ uint32_t keep8_from(const uint32_t (&u)[12], uint32_t threshold) {
+  uint32_t r = 0;
+#pragma unroll
+  for (int q = 0; q < 8; ++q) r |= static_cast<uint32_t>(u[S + q] >= threshold) << q;
+  return r;
+}
+
 __device__ __forceinline__ uint32_t keep8(const MaskParams& m, uint64_t w) {
   if (m.drop_all) return 0u;
   if (m.keep_all) return 0xFFu;
-  uint32_t r = 0;
-  if ((w & 3) == 0) {
-    const Philox4 b0 = philox_block(m, w >> 2);
-    const Philox4 b1 = philox_block(m, (w >> 2) + 1);
+  const uint64_t j = w >> 2;
+  const Philox4 b0 = philox_block(m, j);
+  const Philox4 b1 = philox_block(m, j + 1);
+  const int s = static_cast<int>(w & 3);
+  if (s == 0) {
+    uint32_t r = 0;
 #pragma unroll
     for (int q = 0; q < 4; ++q) {
       r |= static_cast<uint32_t>(b0.v[q] >= m.threshold) << q;
       r |= static_cast<uint32_t>(b1.v[q] >= m.threshold) << (q + 4);
     }
-  } else {
-#pragma unroll
-    for (int q = 0; q < 8; ++q) r |= static_cast<uint32_t>(keep_element(m, w + q)) << q;
+    return r;
   }
-  return r;
+  const Philox4 b2 = philox_block(m, j + 2);
+  const uint32_t u[12] = {b0.v[0], b0.v[1], b0.v[2], b0.v[3], b1.v[0], b1.v[1],
+                          b1.v[2], b1.v[3], b2.v[0], b2.v[1], b2.v[2], b2.v[3]};
+  switch (s) {  // constant indices: the words stay in registers
+    case 1: return keep8_from<1>(u, m.threshold);
+    case 2: return keep8_from<2>(u, m.threshold);
+    default: return keep8_from<3>(u, m.threshold);
+  }
 }
 
 // 8 bits from bit index b of `bits` (nbits long); bits past the end read as 0.
@@ -91,15 +109,19 @@ __device__ __forceinline__ uint32_t read8(const uint8_t* bits, int64_t nbits, in
 __device__ __forceinline__ bool bit_at(const uint8_t* bits, int64_t b) { return (bits[b >> 3] >> (b & 7)) & 1; }
 
 // ORs `v` (n <= 8 bits) into bit index b of a zeroed bit array other threads write too.
-// 32-bit atomics: the CUDA caching allocator rounds blocks to 512 bytes, so the word of
-// the array's last byte lies inside its allocation (the extra bytes only get zeros ORed).
+// 32-bit atomics: the CUDA caching allocator rounds blocks to 512 bytes, so the aligned
+// word holding the array's last byte lies inside its allocation (its bytes past the end
+// only get zeros ORed); the next word is touched only when it receives set bits.
 __device__ __forceinline__ void or_bits(uint8_t* bits, int64_t b, uint32_t v) {
   if (v == 0) return;
   const uintptr_t addr = reinterpret_cast<uintptr_t>(bits + (b >> 3));
   unsigned int* word = reinterpret_cast<unsigned int*>(addr & ~uintptr_t(3));
   const int shift = static_cast<int>((addr & 3) * 8 + (b & 7));
   atomicOr(word, v << shift);
-  if (shift + 8 > 32) atomicOr(word + 1, v >> (32 - shift));
+  if (shift > 24) {  // bits past this word; none when v's high bits are 0 (the array may end here)
+    const uint32_t hi = v >> (32 - shift);
+    if (hi) atomicOr(word + 1, hi);
+  }
 }
 
 template <typename T>
@@ -216,6 +238,7 @@ __device__ __forceinline__ bool aligned_unit(const T* p) {
 struct TilePlan {
   int log_tm = 0, log_td = 11;  // tile extents along M and D, tm * td == kTileElems
   bool lanes_on_m = false;      // phase 2: warp lanes along M (tile mode) or D (row mode)
+  bool bits_plain = false;      // every written mask byte is whole and byte-aligned: plain stores
   int64_t size_m = 1, size_d = 1;
   int64_t st_m[kOperands] = {}, st_d[kOperands] = {};
   int64_t ws_m = 0, ws_d = 0, bs_m = 0, bs_d = 0;
@@ -284,7 +307,7 @@ __global__ void __launch_bounds__(kThreads) tile_kernel(const PassArgs a, const 
     }
     keep &= (1u << valid) - 1u;
     if (a.bits_out) {  // element-wise masks only: bits advance by 1 along D
-      if ((bit & 7) == 0 && valid == 8) a.bits_out[bit >> 3] = static_cast<uint8_t>(keep);
+      if (t.bits_plain) a.bits_out[bit >> 3] = static_cast<uint8_t>(keep);
       else or_bits(a.bits_out, bit, keep);
     }
   }
@@ -361,15 +384,14 @@ int64_t blocks_for(int64_t work, int64_t per_block) {
 
 bool aligned(const void* p, int64_t bytes) { return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0; }
 
-// Flat when every present operand is contiguous in the logical order (bias: one row of
-// length >= 8 repeated, contiguous), words and bits advance by one per element, the first
-// word starts a Philox block and the pointers allow Unit loads.
+// Flat when every present operand is contiguous in the logical order (bias: one row
+// repeated, contiguous), words and bits advance by one per element and the pointers allow
+// Unit loads.
 bool flat_plan(const PassArgs& a, int64_t elem, int64_t* bias_len) {
   const Geometry& g = a.g;
   const bool res = a.op == Op::DropoutAdd || a.op == Op::BiasDropoutAdd;
   const bool bias = a.op == Op::BiasDropoutAdd;
   const bool data = a.op != Op::MaskOnly;
-  if (a.g.wbase % 4 != 0 && !a.bits_in) return false;
   const int64_t unit_bytes = elem * kUnit;
   if (!aligned(a.x, unit_bytes) || !aligned(a.out, unit_bytes) || (res && !aligned(a.residual, unit_bytes)))
     return false;
@@ -380,7 +402,7 @@ bool flat_plan(const PassArgs& a, int64_t elem, int64_t* bias_len) {
   };
   *bias_len = 1;
   if (g.ndim == 1) return !bias && unit_strides(0, 1);
-  if (g.ndim == 2 && bias && g.size[1] >= kUnit && g.stride[kBias][1] == 1 && g.stride[kBias][0] == 0) {
+  if (g.ndim == 2 && bias && g.stride[kBias][1] == 1 && g.stride[kBias][0] == 0) {
     *bias_len = g.size[1];
     return unit_strides(1, 1) && unit_strides(0, g.size[1]);
   }
@@ -394,8 +416,9 @@ TilePlan tile_plan(const Geometry& g) {
   if (g.tile) {
     M = g.mem;
     t.lanes_on_m = true;
-    t.log_tm = std::min(5, log2_ceil(g.size[M]));
-    t.log_td = 11 - t.log_tm;
+    // D as short as the rows allow (>= 8, one mask byte), M as long as the tile then holds
+    t.log_td = std::max(3, std::min(6, log2_ceil(g.size[D])));
+    t.log_tm = 11 - t.log_td;
   } else {
     M = D - 1;  // -1: no M dim (a single row)
     t.lanes_on_m = false;
@@ -414,6 +437,7 @@ TilePlan tile_plan(const Geometry& g) {
   }
   t.mtiles = (t.size_m + (int64_t(1) << t.log_tm) - 1) >> t.log_tm;
   t.dtiles = (t.size_d + (int64_t(1) << t.log_td) - 1) >> t.log_td;
+  t.bits_plain = t.size_d % 8 == 0 && t.bs_m % 8 == 0;
   for (int d = 0; d < g.ndim; ++d) {
     if (d == D || d == M) continue;
     const int o = t.nouter++;
@@ -421,6 +445,7 @@ TilePlan tile_plan(const Geometry& g) {
     for (int k = 0; k < kOperands; ++k) t.outer_st[k][o] = g.stride[k][d];
     t.outer_ws[o] = g.wstride[d];
     t.outer_bs[o] = g.bstride[d];
+    t.bits_plain = t.bits_plain && t.outer_bs[o] % 8 == 0;
   }
   return t;
 }
@@ -456,7 +481,8 @@ void launch(const PassArgs& a) {
     return;
   }
   const TilePlan t = tile_plan(a.g);
-  if (a.bits_out) C10_CUDA_CHECK(cudaMemsetAsync(a.bits_out, 0, (a.nbits + 7) / 8, stream));
+  // Rows that do not start on a byte share bytes: their bits are ORed into zeroed memory.
+  if (a.bits_out && !t.bits_plain) C10_CUDA_CHECK(cudaMemsetAsync(a.bits_out, 0, (a.nbits + 7) / 8, stream));
   const int64_t blocks = a.g.numel / (t.size_m * t.size_d) * t.mtiles * t.dtiles;
   TORCH_CHECK(blocks <= std::numeric_limits<int32_t>::max(), "dropout_ext: tensor too large for one launch");
   tile_kernel<T, OP><<<blocks, kThreads, 0, stream>>>(a, t);
@@ -485,7 +511,14 @@ int64_t cuda_unroll(int64_t request) {
 }  // namespace cuda
 
 void cuda_run_pass(PassArgs& a) {
-  if (a.g.numel == 0) return;
+  if (a.g.numel == 0) {
+    // nothing to compute, but the (key, base) this call drew is still owed to rng_out
+    if (a.rng_out) {
+      cuda::rng_kernel<<<1, 1, 0, at::cuda::getCurrentCUDAStream()>>>(a);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    return;
+  }
   plan_loops(a.g, 8);
   switch (a.dtype) {
     case DType::Float16: return cuda::launch_op<at::Half>(a);
@@ -507,9 +540,10 @@ void cuda_draw_rng(const std::optional<at::Generator>& gen, const at::Device& de
     a.rng.key_ptr = st.seed_.ptr;
     a.rng.base_ptr = st.offset_.ptr;
     a.rng.base_add = static_cast<uint64_t>(st.offset_intragraph_);
+    a.rng.base_xor = kCudaBaseTag;
   } else {
     a.mask.key = st.seed_.val;
-    a.mask.base = st.offset_.val;
+    a.mask.base = st.offset_.val ^ kCudaBaseTag;
   }
 }
 
