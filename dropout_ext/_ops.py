@@ -107,12 +107,15 @@ def register_python_autograd(ops):
         if save == _reference.SAVE_NONE:
             raise ValueError("dropout_ext: save=0 keeps no mask for backward, but an input requires grad "
                              "(use 1 for bits, 2 for (key, base))")
+        ctx.set_materialize_grads(False)  # the second output has no gradient
         ctx.save_for_backward(saved)
         ctx.p, ctx.kind, ctx.lead = p, kind, lead
         ctx.global_shape, ctx.global_offset = global_shape, global_offset
         ctx.strides = out.stride()
 
     def grad_input(ctx, grad):
+        if grad is None:
+            return None
         (saved,) = ctx.saved_tensors
         return ops.dropout_backward(grad, saved, ctx.p, ctx.kind, ctx.lead, ctx.global_shape,
                                     ctx.global_offset, ctx.strides)
@@ -142,7 +145,7 @@ def register_python_autograd(ops):
 
     def bias_dropout_add_backward(ctx, grad_out, _grad_saved):
         gx = grad_input(ctx, grad_out)
-        gb = gx.sum(ctx.leading_dims) if ctx.leading_dims else gx
+        gb = gx.sum(ctx.leading_dims) if ctx.leading_dims and gx is not None else gx
         return (gx, gb, grad_out) + (None,) * 6
 
     torch.library.register_autograd(q + "bias_dropout_add", bias_dropout_add_backward,

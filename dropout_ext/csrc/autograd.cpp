@@ -64,45 +64,51 @@ bool any_requires_grad(std::initializer_list<const Tensor*> ts) {
 }
 
 // What backward needs besides the saved tensor: the mask's description and the strides
-// of the forward output (the gradient gets them, as torch.empty_like(input) would).
+// of the forward output (the gradient gets them, as torch.empty_like(input) would). Kept
+// in two saved_data entries (each entry costs a string-keyed map insertion per call):
+// "p", and "mask" = [kind, lead, ndim, strides..., (global_shape..., global_offset...)].
 struct MaskInfo {
   double p = 0;
   int64_t kind = 0;
   int64_t lead = 0;
-  std::optional<std::vector<int64_t>> global_shape, global_offset;
-  std::vector<int64_t> strides;
+  OptInts global_shape, global_offset;
 
   void save(AutogradContext* ctx, const Tensor& out, const Tensor& saved) const {
+    // The second output (bits or rng) has no gradient: do not materialize zeros for it
+    // (a kernel launch per backward on the GPU); backward handles undefined grads.
+    ctx->set_materialize_grads(false);
     ctx->save_for_backward({saved});
-    ctx->saved_data["p"] = p;
-    ctx->saved_data["kind"] = kind;
-    ctx->saved_data["lead"] = lead;
-    if (global_shape) {
-      ctx->saved_data["global_shape"] = *global_shape;
-      ctx->saved_data["global_offset"] = *global_offset;
+    const int64_t nd = out.dim();
+    std::vector<int64_t> mask;
+    mask.reserve(3 + 3 * nd);
+    mask.push_back(kind);
+    mask.push_back(lead);
+    mask.push_back(nd);
+    mask.insert(mask.end(), out.strides().begin(), out.strides().end());
+    if (global_shape.has_value()) {
+      mask.insert(mask.end(), global_shape->begin(), global_shape->end());
+      mask.insert(mask.end(), global_offset->begin(), global_offset->end());
     }
-    ctx->saved_data["strides"] = out.strides().vec();
+    ctx->saved_data["p"] = p;
+    ctx->saved_data["mask"] = std::move(mask);
   }
 
   // grad * keep * scale, the gradient of every op's dropped input.
   static Tensor grad_input(AutogradContext* ctx, const Tensor& grad) {
     const Tensor saved = ctx->get_saved_variables()[0];
-    std::optional<std::vector<int64_t>> gs, go;
-    if (ctx->saved_data.count("global_shape")) {
-      gs = ctx->saved_data["global_shape"].toIntVector();
-      go = ctx->saved_data["global_offset"].toIntVector();
+    const std::vector<int64_t> mask = ctx->saved_data["mask"].toIntVector();
+    const int64_t nd = mask[2];
+    const at::IntArrayRef all(mask);
+    const at::IntArrayRef strides = all.slice(3, nd);
+    OptInts gs, go;
+    if (static_cast<int64_t>(mask.size()) > 3 + nd) {
+      gs = all.slice(3 + nd, nd);
+      go = all.slice(3 + 2 * nd, nd);
     }
-    const std::vector<int64_t> strides = ctx->saved_data["strides"].toIntVector();
-    return backward_op().call(grad, saved, ctx->saved_data["p"].toDouble(), ctx->saved_data["kind"].toInt(),
-                              ctx->saved_data["lead"].toInt(), gs ? OptInts(*gs) : OptInts(),
-                              go ? OptInts(*go) : OptInts(), OptInts(strides));
+    return backward_op().call(grad, saved, ctx->saved_data["p"].toDouble(), mask[0], mask[1], gs, go,
+                              OptInts(strides));
   }
 };
-
-std::optional<std::vector<int64_t>> to_vec(OptInts v) {
-  if (!v.has_value()) return std::nullopt;
-  return v->vec();
-}
 
 // `save` when a gradient is needed: the mask must be kept.
 int64_t save_mode(int64_t save) {
@@ -118,7 +124,7 @@ struct DropoutFn : public torch::autograd::Function<DropoutFn> {
                                OptInts gs, OptInts go) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, saved] = dropout_op().call(input, rng, gen, p, kind, lead, save_mode(save), gs, go);
-    MaskInfo{p, kind, lead, to_vec(gs), to_vec(go), {}}.save(ctx, out, saved);
+    MaskInfo{p, kind, lead, gs, go}.save(ctx, out, saved);
     ctx->mark_non_differentiable({saved});
     return {out, saved};
   }
@@ -135,7 +141,7 @@ struct DropoutAddFn : public torch::autograd::Function<DropoutAddFn> {
                                OptInts go) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, saved] = dropout_add_op().call(input, residual, rng, gen, p, save_mode(save), gs, go);
-    MaskInfo{p, 0, input.dim(), to_vec(gs), to_vec(go), {}}.save(ctx, out, saved);
+    MaskInfo{p, 0, input.dim(), gs, go}.save(ctx, out, saved);
     ctx->mark_non_differentiable({saved});
     return {out, saved};
   }
@@ -156,7 +162,7 @@ struct BiasDropoutAddFn : public torch::autograd::Function<BiasDropoutAddFn> {
                                OptInts go) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, saved] = bias_dropout_add_op().call(input, bias, residual, rng, gen, p, save_mode(save), gs, go);
-    MaskInfo{p, 0, input.dim(), to_vec(gs), to_vec(go), {}}.save(ctx, out, saved);
+    MaskInfo{p, 0, input.dim(), gs, go}.save(ctx, out, saved);
     ctx->mark_non_differentiable({saved});
     return {out, saved};
   }
@@ -185,15 +191,7 @@ struct BackwardFn : public torch::autograd::Function<BackwardFn> {
                                int64_t lead, OptInts gs, OptInts go, OptInts strides) {
     at::AutoDispatchBelowADInplaceOrView guard;
     Tensor out = backward_op().call(grad, saved, p, kind, lead, gs, go, strides);
-    ctx->save_for_backward({saved});
-    ctx->saved_data["p"] = p;
-    ctx->saved_data["kind"] = kind;
-    ctx->saved_data["lead"] = lead;
-    if (gs.has_value()) {
-      ctx->saved_data["global_shape"] = gs->vec();
-      ctx->saved_data["global_offset"] = go->vec();
-    }
-    ctx->saved_data["strides"] = out.strides().vec();
+    MaskInfo{p, kind, lead, gs, go}.save(ctx, out, saved);
     return {out};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {

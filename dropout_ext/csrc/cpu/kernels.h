@@ -18,9 +18,10 @@ enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 
 // Row mode: a range of work items is the logical indices [64 * begin, 64 * end) (clipped
 // to numel), so that threads never share a 64-bit word of the bit mask. Tile mode: items
-// are (outer index, block of 16 rows of Geometry::mem), see engine.inc.
+// are (outer index, block of 64 columns of the last dim), see engine.inc.
 constexpr int64_t kRowItem = 64;
 constexpr int64_t kTileRows = 16;
+constexpr int64_t kTileCols = 64;
 
 void run_range_scalar(const PassArgs& a, int64_t begin, int64_t end);
 void run_range_avx2(const PassArgs& a, int64_t begin, int64_t end);

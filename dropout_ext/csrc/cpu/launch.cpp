@@ -75,12 +75,12 @@ void cpu_run_pass(PassArgs& a) {
   }
   int64_t items, per_item;
   if (a.g.tile) {
-    // Tile rows from different items may share a 64-bit word of the bit mask: they OR
-    // their bits into zeroed memory (engine.inc, or_bits).
+    // Segments of one row from different items may share a 64-bit word of the bit mask:
+    // they OR their bits into zeroed memory (engine.inc, or_bits).
     if (a.bits_out) std::memset(a.bits_out, 0, static_cast<size_t>((a.nbits + 7) / 8));
     const int64_t rows = a.g.size[a.g.mem], inner = a.g.size[a.g.ndim - 1];
-    items = a.g.numel / (rows * inner) * ((rows + kTileRows - 1) / kTileRows);
-    per_item = kTileRows * inner;
+    items = a.g.numel / (rows * inner) * ((inner + kTileCols - 1) / kTileCols);
+    per_item = rows * kTileCols;
   } else {
     items = (a.g.numel + kRowItem - 1) / kRowItem;
     per_item = kRowItem;
