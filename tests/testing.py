@@ -165,7 +165,8 @@ def clone_generator(g):
 def raw_dropout(x, key, base, p, scale_train=True):
     """Dropout of x with explicit (key, base) on the active backend (element-wise)."""
     rng = torch.tensor([signed64(key), signed64(base)], dtype=torch.int64)
-    return _backend.ops().dropout(x, rng, None, p, 0 if scale_train else 1, x.dim(), 0)[0]
+    save = 1 if x.requires_grad and torch.is_grad_enabled() else 0  # a gradient needs the mask kept
+    return _backend.ops().dropout(x, rng, None, p, 0 if scale_train else 1, x.dim(), save)[0]
 
 
 def raw_dropout_bits(x, key, base, p):
