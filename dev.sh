@@ -4,6 +4,8 @@
 #                    tables in about 2 minutes; `./dev.sh bench --full` for the full sweep
 #                    and the plot, `--quick` for a smoke test, `--help` for the rest)
 #   ./dev.sh test    set up .venv, build, run the test suite
+#   ./dev.sh wheel-check   a wheel into a fresh venv with the same torch, smoke-tested there
+#   ./dev.sh mutants       the mutation check of the test suite (tools/mutants.py)
 #   ./dev.sh setup | build | shell-env
 # Environment: PYTHON (default python3), VENV (default .venv), MAX_JOBS (default 2),
 # TORCH_CUDA_ARCH_LIST (default 9.0 here: one architecture keeps test builds fast; a
@@ -81,5 +83,6 @@ case "${1:-test}" in
   test) build; shift || true; "$PY" -m pytest "$@" ;;
   bench) build; shift || true; "$PY" bench/bench_cpu.py "$@" ;;
   wheel-check) wheel_check ;;
-  *) echo "usage: ./dev.sh {test|bench|build|setup|wheel-check} [args for pytest or the bench]" >&2; exit 2 ;;
+  mutants) build; shift || true; "$PY" tools/mutants.py "$@" ;;
+  *) echo "usage: ./dev.sh {test|bench|build|setup|wheel-check|mutants} [args for pytest, the bench or mutants.py]" >&2; exit 2 ;;
 esac
