@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (JEMALLOC_CONF, MIN_REPS, Report, allocator_in_use, cpu_model, faults_per_call,  # noqa: E402
-                    find_jemalloc, fresh_compile, fwd_bwd, interleaved, loadavg, log2name, progress,
-                    quiet_torch_logs, ratio, reset_compiled, saved_bytes, shape_name, with_storage)
+                    find_jemalloc, fresh_compile, fwd_bwd, interleaved, layout_contenders, loadavg, log2name,
+                    progress, quiet_torch_logs, ratio, reset_compiled, saved_bytes, shape_name, with_storage)
 
 import dropout_ext  # noqa: E402
 from dropout_ext import _backend  # noqa: E402
@@ -314,19 +314,7 @@ def bench_layout(scale, reps):
     rows = []
     for op, prepare, ours, theirs in layout_ops():
         progress("layouts %s (%s)" % (op, scale))
-        fwd, fb, meta = {}, {}, {}
-        for lay, x in inputs.items():
-            args = prepare(x)
-            cargs = (args[0].contiguous(),) + args[1:]
-            meta[lay] = args[0]
-            g = torch.randn_like(ours(*args))  # the gradient in the output's layout
-            fwd["ours " + lay] = (lambda a=args: ours(*a))
-            fwd["torch " + lay] = (lambda a=args: theirs(*a))
-            fb["ours " + lay] = fwd_bwd(lambda v, a=args: ours(v, *a[1:]), args[0], g)
-            fb["torch " + lay] = fwd_bwd(lambda v, a=args: theirs(v, *a[1:]), args[0], g)
-            if lay != "contiguous":
-                fwd["contig " + lay] = (lambda a=cargs: ours(*a))
-                fb["contig " + lay] = fwd_bwd(lambda v, a=cargs: ours(v, *a[1:]), cargs[0], g.contiguous())
+        fwd, fb, meta = layout_contenders(inputs, prepare, ours, theirs)
         tf = interleaved(fwd, reps)
         tb = interleaved(fb, reps)
         for lay in inputs:

@@ -33,8 +33,9 @@ import traceback
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import (Report, SavedBytesCounter, fresh_compile, fwd_bwd, interleaved, log2name, progress,  # noqa: E402
-                    quiet_torch_logs, ratio, reset_compiled, saved_bytes, shape_name, with_storage)
+from common import (Report, SavedBytesCounter, fresh_compile, fwd_bwd, interleaved,  # noqa: E402
+                    layout_contenders, log2name, progress, quiet_torch_logs, ratio, reset_compiled, saved_bytes,
+                    shape_name, with_storage)
 
 import dropout_ext  # noqa: E402
 from dropout_ext import functional as F  # noqa: E402
@@ -408,19 +409,7 @@ def bench_layout(reps, dry):
     rows = []
     for op, streams, prepare, ours, theirs in ops:
         progress("layouts %s" % op)
-        fwd, fb, meta = {"copy_": lambda: dst.copy_(src)}, {}, {}
-        for lay, x in inputs.items():
-            args = prepare(x)
-            cargs = (args[0].contiguous(),) + args[1:]
-            meta[lay] = args[0]
-            g = torch.randn_like(ours(*args))
-            fwd["ours " + lay] = (lambda a=args: ours(*a))
-            fwd["torch " + lay] = (lambda a=args: theirs(*a))
-            fb["ours " + lay] = fwd_bwd(lambda v, a=args: ours(v, *a[1:]), args[0], g)
-            fb["torch " + lay] = fwd_bwd(lambda v, a=args: theirs(v, *a[1:]), args[0], g)
-            if lay != "contiguous":
-                fwd["contig " + lay] = (lambda a=cargs: ours(*a))
-                fb["contig " + lay] = fwd_bwd(lambda v, a=cargs: ours(v, *a[1:]), cargs[0], g.contiguous())
+        fwd, fb, meta = layout_contenders(inputs, prepare, ours, theirs, fwd={"copy_": lambda: dst.copy_(src)})
         mf = measure(fwd, reps)
         mb = measure(fb, reps)
         for lay in inputs:

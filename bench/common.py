@@ -172,6 +172,29 @@ def fwd_bwd(fn, x, grad=None):
 
 # ----------------------------------------------------------------------------- torch.compile
 
+def layout_contenders(inputs, prepare, ours, theirs, fwd=None):
+    """The contenders of a layout table (CPU and GPU bench): ours and torch's forward and
+    forward + backward on each input, and ours on each input's contiguous copy (the "vs
+    contig" reference). `prepare(x)` gives the op's arguments with x first; the gradient
+    has the output's layout. Returns (fwd, fb, inputs-as-prepared)."""
+    import torch
+
+    fwd, fb, meta = dict(fwd or {}), {}, {}
+    for lay, x in inputs.items():
+        args = prepare(x)
+        cargs = (args[0].contiguous(),) + args[1:]
+        meta[lay] = args[0]
+        g = torch.randn_like(ours(*args))
+        fwd["ours " + lay] = (lambda a=args: ours(*a))
+        fwd["torch " + lay] = (lambda a=args: theirs(*a))
+        fb["ours " + lay] = fwd_bwd(lambda v, a=args: ours(v, *a[1:]), args[0], g)
+        fb["torch " + lay] = fwd_bwd(lambda v, a=args: theirs(v, *a[1:]), args[0], g)
+        if lay != "contiguous":
+            fwd["contig " + lay] = (lambda a=cargs: ours(*a))
+            fb["contig " + lay] = fwd_bwd(lambda v, a=cargs: ours(v, *a[1:]), cargs[0], g.contiguous())
+    return fwd, fb, meta
+
+
 def quiet_torch_logs():
     """torch.utils.cpp_extension logs 'No CUDA runtime is found' when inductor compiles
     on a machine with a CUDA toolkit and no GPU: an environment notice, not about the op."""
