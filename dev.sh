@@ -53,7 +53,7 @@ build() {
   local t0=$SECONDS
   "$PY" -m pip install --no-build-isolation --no-deps -v -e . >"$BUILD_LOG" 2>&1 \
     || fail_with_log "building dropout_ext" "$BUILD_LOG"
-  sed -n '/dropout_ext build configuration:/,/MAX_JOBS/p' "$BUILD_LOG"
+  sed -n '/dropout_ext build configuration:/,/MAX_JOBS/{p;/MAX_JOBS/q}' "$BUILD_LOG"  # printed once (pip runs setup.py twice)
   "$PY" -c "import dropout_ext; print('== built in $((SECONDS - t0)) s; compiled backends:', dropout_ext.compiled_backends())"
 }
 
