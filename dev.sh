@@ -49,12 +49,23 @@ setup() {
 
 build() {
   setup
+  # An editable install compiles in a fresh folder every time: skip it when the sources,
+  # the build settings and torch are those of the last build (the stamp below).
+  local stamp
+  stamp="$VENV/.build-$( { cat setup.py dropout_ext/_build.py requirements-dev.txt; find dropout_ext/csrc -type f | sort | xargs cat;
+                          echo "$TORCH_CUDA_ARCH_LIST ${DROPOUT_EXT_CUDA:-auto} ${DROPOUT_EXT_SANITIZE:-}"; } | sha1sum | cut -c1-12)"
+  if [ -f "$stamp" ] && ls dropout_ext/_C*.so >/dev/null 2>&1; then
+    "$PY" -c "import dropout_ext; print('== dropout_ext is built (sources unchanged); compiled backends:', dropout_ext.compiled_backends())"
+    return
+  fi
   echo "== building dropout_ext (MAX_JOBS=$MAX_JOBS, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST; log: $BUILD_LOG)"
   local t0=$SECONDS
   "$PY" -m pip install --no-build-isolation --no-deps -v -e . >"$BUILD_LOG" 2>&1 \
     || fail_with_log "building dropout_ext" "$BUILD_LOG"
   sed -n '/dropout_ext build configuration:/,/MAX_JOBS/{p;/MAX_JOBS/q}' "$BUILD_LOG"  # printed once (pip runs setup.py twice)
   "$PY" -c "import dropout_ext; print('== built in $((SECONDS - t0)) s; compiled backends:', dropout_ext.compiled_backends())"
+  rm -f "$VENV"/.build-*
+  touch "$stamp"
 }
 
 # Builds a wheel, installs it with the same torch into a fresh virtual environment and
@@ -69,9 +80,9 @@ wheel_check() {
   local wheel torch_version
   wheel=$(ls "$work"/dist/dropout_ext-*.whl)
   torch_version=$("$PY" -c 'import torch; print(torch.__version__.split("+")[0])')
-  echo "== installing $(basename "$wheel") and torch $torch_version into a fresh venv ($work/venv)"
+  echo "== installing $(basename "$wheel"), torch $torch_version and numpy into a fresh venv ($work/venv)"
   "$PYTHON" -m venv "$work/venv"
-  "$work/venv/bin/python" -m pip install "torch==$torch_version" "$wheel" >"$VENV/wheel-install.log" 2>&1 \
+  "$work/venv/bin/python" -m pip install "torch==$torch_version" numpy "$wheel" >"$VENV/wheel-install.log" 2>&1 \
     || fail_with_log "installing the wheel" "$VENV/wheel-install.log"
   (cd "$work" && "$work/venv/bin/python" "$OLDPWD/tools/wheel_smoke.py")
   rm -rf "$work"
