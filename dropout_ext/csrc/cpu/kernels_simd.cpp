@@ -102,10 +102,40 @@ struct Vec {
     w[1] = _mm512_permutex2var_epi64(t01, _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15), t23);
   }
 
+  // Counters j0 .. j0+15 as two groups of eight, their rounds interleaved: four
+  // independent multiply chains keep both vector ports busy.
+  static void philox64(const Keys& k, uint64_t j0, __m512i w[4]) {
+    const __m512i lanes = _mm512_setr_epi64(0, 1, 2, 3, 4, 5, 6, 7);
+    __m512i a0 = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(j0)), lanes);
+    __m512i b0 = _mm512_add_epi64(_mm512_set1_epi64(static_cast<long long>(j0 + 8)), lanes);
+    __m512i a1 = _mm512_set1_epi32(static_cast<int>(static_cast<uint32_t>(j0 >> 32))), b1 = a1;
+    __m512i a2 = k.c2, a3 = k.c3, b2 = k.c2, b3 = k.c3;
+    const __m512i m0 = _mm512_set1_epi64(kPhiloxM0);
+    const __m512i m1 = _mm512_set1_epi64(kPhiloxM1);
+    for (int r = 0; r < 10; ++r) {
+      const __m512i pa0 = _mm512_mul_epu32(a0, m0), pb0 = _mm512_mul_epu32(b0, m0);
+      const __m512i pa1 = _mm512_mul_epu32(a2, m1), pb1 = _mm512_mul_epu32(b2, m1);
+      a0 = _mm512_ternarylogic_epi64(_mm512_shuffle_epi32(pa1, _MM_PERM_CDAB), a1, k.k0[r], 0x96);
+      b0 = _mm512_ternarylogic_epi64(_mm512_shuffle_epi32(pb1, _MM_PERM_CDAB), b1, k.k0[r], 0x96);
+      a1 = pa1, b1 = pb1;
+      a2 = _mm512_ternarylogic_epi64(_mm512_shuffle_epi32(pa0, _MM_PERM_CDAB), a3, k.k1[r], 0x96);
+      b2 = _mm512_ternarylogic_epi64(_mm512_shuffle_epi32(pb0, _MM_PERM_CDAB), b3, k.k1[r], 0x96);
+      a3 = pa0, b3 = pb0;
+    }
+    const __m512i lo = _mm512_setr_epi64(0, 8, 1, 9, 2, 10, 3, 11), hi = _mm512_setr_epi64(4, 12, 5, 13, 6, 14, 7, 15);
+    const __m512i ta01 = _mm512_mask_shuffle_epi32(a0, 0xAAAA, a1, _MM_PERM_CDAB);
+    const __m512i ta23 = _mm512_mask_shuffle_epi32(a2, 0xAAAA, a3, _MM_PERM_CDAB);
+    const __m512i tb01 = _mm512_mask_shuffle_epi32(b0, 0xAAAA, b1, _MM_PERM_CDAB);
+    const __m512i tb23 = _mm512_mask_shuffle_epi32(b2, 0xAAAA, b3, _MM_PERM_CDAB);
+    w[0] = _mm512_permutex2var_epi64(ta01, lo, ta23);
+    w[1] = _mm512_permutex2var_epi64(ta01, hi, ta23);
+    w[2] = _mm512_permutex2var_epi64(tb01, lo, tb23);
+    w[3] = _mm512_permutex2var_epi64(tb01, hi, tb23);
+  }
+
   static uint64_t keep64(const Keys& k, uint64_t block) {
     __m512i w[4];
-    philox32(k, block * 16, w);
-    philox32(k, block * 16 + 8, w + 2);
+    philox64(k, block * 16, w);
     uint64_t r = 0;
     for (int q = 0; q < 4; ++q) r |= static_cast<uint64_t>(_mm512_cmpge_epu32_mask(w[q], k.thresh)) << (16 * q);
     return r;
