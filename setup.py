@@ -109,7 +109,7 @@ setup(
     # The C++/CUDA sources ship with the package: dropout_ext.build() compiles them at
     # first use when the prebuilt extension does not match the installed torch.
     package_data={"dropout_ext": ["py.typed", "csrc/*.h", "csrc/*.cpp", "csrc/cpu/*.h", "csrc/cpu/*.cpp",
-                                  "csrc/cpu/*.inc", "csrc/cuda/*.cu"]},
+                                  "csrc/cpu/*.inc", "csrc/cuda/*.cu", "csrc/cuda/*.cuh"]},
     license="BSD-3-Clause",
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",

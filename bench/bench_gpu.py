@@ -444,6 +444,47 @@ LAYOUT_NOTES = ["float32, device times unless 'wall'; vs torch = torch's time / 
                 " >= 0.9 and faster than torch; SPEC: >= 0.95 of copy_ (0.9 permuted)."]
 
 
+# ----------------------------------------------------------------------------- (h) shards
+
+def bench_shard(reps, dry):
+    """Global-index path (issue 14) against the plain path on the same local tensor: a
+    column shard (global (R, 2C), offset (0, C)) and a row shard (global (2R, C), offset (R, 0))."""
+    R, C = (64, 128) if dry else (8192, 4096)
+    x = torch.randn(R, C, device=DEVICE)
+    g = torch.randn_like(x)
+    b = torch.randn(C, device=DEVICE)
+    res = torch.randn_like(x)
+    shards = {"plain": {}, "column shard": dict(global_shape=(R, 2 * C), global_offset=(0, C)),
+              "row shard": dict(global_shape=(2 * R, C), global_offset=(R, 0))}
+    ops = {"dropout": lambda a, kw: F.dropout(a, P, **kw),
+           "bias_dropout_add": lambda a, kw: F.bias_dropout_add(a, b, res, P, **kw)}
+    rows = []
+    for op, fn in ops.items():
+        progress("shards %s" % op)
+        fwd = {s: (lambda kw=kw: fn(x, kw)) for s, kw in shards.items()}
+        fb = {s: fwd_bwd(lambda a, kw=kw: fn(a, kw), x, g) for s, kw in shards.items()}
+        mf = measure(fwd, reps)
+        mb = measure(fb, reps)
+        for s in ("column shard", "row shard"):
+            rows.append({"op": op, "shard": s, "local shape": shape_name(x),
+                         "global shape": "x".join(map(str, shards[s]["global_shape"])),
+                         "fwd dev us plain": us(mf["plain"]["dev"]), "fwd dev us global": us(mf[s]["dev"]),
+                         "fwd overhead %": round((mf[s]["dev"] / mf["plain"]["dev"] - 1) * 100, 1),
+                         "f+b dev us plain": us(mb["plain"]["dev"]), "f+b dev us global": us(mb[s]["dev"]),
+                         "f+b overhead %": round((mb[s]["dev"] / mb["plain"]["dev"] - 1) * 100, 1),
+                         "fwd wall us plain": us(mf["plain"]["wall"]), "fwd wall us global": us(mf[s]["wall"]),
+                         "kernels": {"forward": {k: v["kernels"] for k, v in mf.items()},
+                                     "forward_backward": {k: v["kernels"] for k, v in mb.items()}}})
+    return rows
+
+
+SHARD_COLUMNS = ["op", "shard", "local shape", "global shape", "fwd dev us plain", "fwd dev us global",
+                 "fwd overhead %", "f+b dev us plain", "f+b dev us global", "f+b overhead %", "fwd wall us plain",
+                 "fwd wall us global"]
+SHARD_NOTES = ["global = the same local tensor with global_shape= and global_offset= (its slice of the full"
+               " tensor's mask); float32, seed=None, device time unless 'wall'. Goal (issue 14): overhead <= 10%."]
+
+
 # ----------------------------------------------------------------------------- (f) unroll sweep
 
 def bench_unroll(sizes, dtypes, reps):
@@ -611,7 +652,7 @@ def main(argv=None):
     ap.add_argument("--dtypes", default="float32,bfloat16")
     ap.add_argument("--reps", type=int, help="interleaved rounds per median (default 21)")
     ap.add_argument("--p", type=float, default=0.1, help="dropout probability (default 0.1, as issue 12)")
-    ap.add_argument("--only", help="comma list of tables: forward,backward,unroll,per_call,family,layout,gpt2")
+    ap.add_argument("--only", help="comma list of tables: forward,backward,unroll,per_call,family,layout,shard,gpt2")
     ap.add_argument("--skip", default="", help="comma list of tables to skip")
     ap.add_argument("--no-family", action="store_true", help="skip the family table (same as --skip family)")
     ap.add_argument("--gpt2-batch", type=int, help="GPT-2 batch (default 8; 4 with --quick)")
@@ -638,7 +679,7 @@ def main(argv=None):
     dtypes = args.dtypes.split(",")
     args.gpt2_steps = args.gpt2_steps or (4 if args.quick else 6)
     args.gpt2_batch = args.gpt2_batch or (4 if args.quick else 8)
-    order = ["forward", "backward", "unroll", "per_call", "family", "layout", "gpt2"]  # most important first
+    order = ["forward", "backward", "unroll", "per_call", "family", "layout", "shard", "gpt2"]  # most important first
     wanted = args.only.split(",") if args.only else order
     skip = set(filter(None, args.skip.split(","))) | ({"family"} if args.no_family else set())
     info = {"device": torch.cuda.get_device_name() if CUDA else "cpu (dry run: timings mean nothing)",
@@ -663,6 +704,7 @@ def main(argv=None):
         "per_call": lambda: (bench_per_call([8, 12, 16], reps), None),
         "family": lambda: (bench_family(1 << (14 if dry else 24 if args.quick else 26), reps), None),
         "layout": lambda: (bench_layout(reps, dry), None),
+        "shard": lambda: (bench_shard(reps, dry), None),
         "gpt2": lambda: bench_gpt2(args, dry),
     }
     class Stopped(Exception):
@@ -716,6 +758,7 @@ def main(argv=None):
             " median of %(reps)d interleaved rounds, device time over %(profile_calls)d profiled calls" % info)
     layout = [
         ("gpt2", "(g) GPT-2 training step, torch's dropout against dropout_ext", GPT2_COLUMNS, []),
+        ("shard", "(h) Shards (issue 14): the global-index path against the plain one", SHARD_COLUMNS, SHARD_NOTES),
         ("unroll", "(f) Forward by work size per thread (device time)", UNROLL_COLUMNS, []),
         ("layout", "(e) Layouts (issue 11), forward", LAYOUT_COLUMNS, LAYOUT_NOTES),
         ("layout", "(e) Layouts (issue 11), forward + backward(grad)", LAYOUT_FB_COLUMNS, []),

@@ -40,7 +40,7 @@ def backend(request):
         yield request.param
 
 
-@pytest.fixture(params=testing.CPU_ISAS or ["python"])
+@pytest.fixture(params=testing.CPU_PATHS or ["python"])
 def cpu_isa(request):
     if request.param == "python":
         pytest.skip(testing.NO_COMPILED_REASON)

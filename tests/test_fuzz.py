@@ -15,7 +15,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from testing import (CPU_ISAS, assert_same_bits, backend_ctx, cpu_isa_ctx, expected_dropout,
+from testing import (CPU_PATHS, assert_same_bits, backend_ctx, cpu_isa_ctx, expected_dropout,
                      oracle_mask, peek_rng_pair, raw_dropout, requires_compiled, storage_ctx)
 
 from dropout_ext import functional as F
@@ -192,7 +192,7 @@ def test_compiled_paths_equal_python(x, p, rng, op, storage):
             key, base = expected_key_base(rng)
             keep = oracle_mask(x.shape, p, key, base)
             assert_same_bits(ref_out, expected_dropout(x, keep, p, scale_train=op != "vanilla"))
-        for isa in CPU_ISAS:
+        for isa in CPU_PATHS:
             with backend_ctx("compiled"), cpu_isa_ctx(isa):
                 out, grad = run(op, x, p, rng, aux)
             assert_same_bits(out, ref_out)
@@ -229,7 +229,7 @@ def test_size_sweep_default_path_and_base(n):
     assert_same_bits(ref[0], expected_dropout(x, oracle_mask((n,), 0.3, key, base), 0.3))
     assert_same_bits(ref[1], expected_dropout(dy, oracle_mask((n,), 0.3, key, base), 0.3))
     assert_same_bits(ref[2], expected_dropout(x, oracle_mask((n,), 0.7, raw_key, raw_base), 0.7, False))
-    for isa in CPU_ISAS:
+    for isa in CPU_PATHS:
         with backend_ctx("compiled"), cpu_isa_ctx(isa):
             got = both()
         for a, b in zip(got, ref):

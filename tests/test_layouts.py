@@ -9,7 +9,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from testing import CPU_ISAS, assert_same_bits, backend_ctx, cpu_isa_ctx, storage_ctx
+from testing import CPU_PATHS, assert_same_bits, backend_ctx, cpu_isa_ctx, storage_ctx
 
 from dropout_ext import functional as F
 
@@ -134,7 +134,7 @@ def test_named_layouts_every_isa(layout, dtype):
         x = torch.randn(1, 67, dtype=dtype).expand(33, 67)
     else:
         x = torch.randn(5000, dtype=dtype)[3:4003].view(40, 100)
-    runs = [("python", None)] + [("compiled", isa) for isa in CPU_ISAS]
+    runs = [("python", None)] + [("compiled", isa) for isa in CPU_PATHS]
     for backend, isa in runs:
         with backend_ctx(backend), (cpu_isa_ctx(isa) if isa else contextlib.nullcontext()):
             for name, fn in _ops(x):

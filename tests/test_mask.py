@@ -9,7 +9,7 @@ import numpy as np
 import oracle
 import pytest
 import torch
-from testing import (BACKENDS, CPU_ISAS, DTYPES, assert_same_bits, backend_ctx, clone_generator, cpu_isa_ctx,
+from testing import (BACKENDS, CPU_PATHS, DTYPES, assert_same_bits, backend_ctx, clone_generator, cpu_isa_ctx,
                      expected_dropout, expected_rng_pair, make, oracle_mask, peek_rng_pair, raw_dropout,
                      raw_dropout_bits, requires_compiled, requires_gpu)
 
@@ -148,7 +148,7 @@ def _compiled_on(isa):
 def _configs():
     """(name, context) for the Python backend and every compiled CPU ISA."""
     return [("python", lambda: backend_ctx("python"))] + [
-        ("compiled-" + isa, lambda isa=isa: _compiled_on(isa)) for isa in CPU_ISAS]
+        ("compiled-" + isa, lambda isa=isa: _compiled_on(isa)) for isa in CPU_PATHS]
 
 
 def _call(op, x, p, **kw):

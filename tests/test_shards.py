@@ -7,7 +7,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from testing import CPU_ISAS, assert_same_bits, cpu_isa_ctx, storage_ctx
+from testing import CPU_PATHS, assert_same_bits, cpu_isa_ctx, storage_ctx
 
 from dropout_ext import functional as F
 
@@ -96,7 +96,7 @@ def test_column_and_row_parallel_shards(backend):
         check_shard(shape, starts, stops, _seeded)
 
 
-@pytest.mark.parametrize("isa", CPU_ISAS or ["none"])
+@pytest.mark.parametrize("isa", CPU_PATHS or ["none"])
 def test_shards_in_any_layout_every_isa(isa):
     if isa == "none":
         pytest.skip("compiled extension not built")

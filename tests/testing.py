@@ -22,6 +22,10 @@ BACKENDS = ["compiled", "python"] if HAS_COMPILED else ["python"]
 DEVICES = ["cpu"] + (["cuda"] if HAS_GPU and HAS_CUDA_KERNELS else [])
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 CPU_ISAS = _backend.cpu_isas_supported()
+# The compiled CPU paths, plus the CUDA kernels run on the host by the emulator
+# (csrc/cpu/cuda_emulation.cpp): tests that go over every path check the CUDA kernels'
+# arithmetic here too, GPU or not.
+CPU_PATHS = CPU_ISAS + (["cuda-emu"] if HAS_COMPILED else [])
 
 # Shapes: empty, 0-dim, numel not a multiple of 4, 8 or 64, and large odd sizes.
 SHAPES = [(0,), (2, 0, 3), (), (1,), (3,), (7,), (13, 5), (64,), (65,), (4, 33, 3), (1000, 37), (100003,)]

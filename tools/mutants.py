@@ -51,6 +51,8 @@ T_MASK = "tests/test_mask.py"
 T_DROP = "tests/test_dropout.py"
 T_FAM = "tests/test_family.py"
 T_API = "tests/test_api.py"
+T_EMU = "tests/test_cuda_emulation.py"
+CUK = "dropout_ext/csrc/cuda/kernels.cuh"
 
 
 @dataclass
@@ -195,6 +197,26 @@ MUTANTS = [
            "            apply_lanes<T, OP>(a, off, lane, rows_of[b], cols[b][t0]);",
            ["tests/test_layouts.py::test_pytorch_permute_and_slice_inputs"], needs_build=True,
            why="tile mode applies one column's keep bits to its whole group"),
+    # ---- CUDA kernels (cuda/kernels.cuh), killed on the host through the emulator
+    Mutant("cuda-tile-dstep", CUK, "          const int64_t di = int64_t(i) * dstep;",
+           "          const int64_t di = int64_t(i);",
+           [T_EMU + "::test_every_op_and_layout_equals_the_python_backend"], needs_build=True,
+           why="CUDA tile kernel: a thread's loads step one column instead of dstep"),
+    Mutant("cuda-tile-smask-bit", CUK, "(sh.smask[ml * bytes_per_row + (dl >> 3)] >> (dl & 7)) & 1;",
+           "(sh.smask[ml * bytes_per_row + (dl >> 3)] >> (dl & 3)) & 1;",
+           [T_EMU + "::test_every_op_and_layout_equals_the_python_backend"], needs_build=True,
+           why="CUDA tile kernel: wrong bit of the shared mask byte"),
+    Mutant("cuda-or-bits-carry", CUK, "  if (shift > 24) {", "  if (shift > 28) {",
+           [T_EMU + "::test_every_op_and_layout_equals_the_python_backend"], needs_build=True,
+           why="CUDA tile kernel: saved bits that cross a 32-bit word are lost"),
+    Mutant("cuda-flat-bias-advance", CUK, "        b0 += (int64_t(kThreads) * kUnit) % bias_len;",
+           "        b0 += (int64_t(kThreads) * kUnit - kUnit) % bias_len;",
+           [T_EMU + "::test_flat_bias_indexing"], needs_build=True,
+           why="CUDA flat kernel: the bias index of a thread's next unit"),
+    Mutant("cuda-keep8-unaligned", CUK, "    case 1: return keep8_from<1>(u, m.threshold);",
+           "    case 1: return keep8_from<2>(u, m.threshold);",
+           [T_EMU + "::test_shard_word_offsets"], needs_build=True,
+           why="CUDA kernels: 8 words that start one past a Philox block"),
 ]
 
 CONFIGS = {

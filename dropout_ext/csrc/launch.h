@@ -16,6 +16,9 @@ void cpu_run_pass(PassArgs& a);
 // `gen`) under its lock, the same words `torch.randint(-2**63, 2**63 - 1, (2,),
 // generator=gen)` gives (the Python backend and the torch.compile route draw them so).
 void cpu_draw_rng(const std::optional<at::Generator>& gen, MaskParams& m);
+// The CUDA kernels run on the host by an emulator (cpu/cuda_emulation.cpp), for tests:
+// the CPU path "cuda-emu" of _cpu_isa.
+void cuda_emulated_run_pass(PassArgs& a);
 
 #ifdef DROPOUT_EXT_WITH_CUDA
 // Launches the pass on the current stream of the current device.

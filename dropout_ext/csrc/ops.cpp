@@ -261,6 +261,14 @@ void run_mask_pass(const PassArgs& data, const Call& c, uint8_t* bits, int64_t w
   run_pass(m, input.device());
 }
 
+// A packed bit mask of `words` bits: (words + 7) / 8 bytes, in an allocation rounded up to
+// whole 32-bit words, because the CUDA tile kernel ORs bits in with 32-bit atomics on the
+// aligned word that holds a byte (cuda/kernels.cuh, or_bits).
+Tensor bit_buffer(int64_t words, const at::TensorOptions& options) {
+  const int64_t bytes = (words + 7) / 8;
+  return at::empty({(bytes + 3) / 4 * 4}, options.dtype(at::kByte)).narrow(0, 0, bytes);
+}
+
 // A data pass (with the reduced mask pass first when the mask is channel-wise and drawn
 // from Philox). `bits_out`: where the keep bits go (may be null), `bits_in`: read instead.
 void run_data(PassArgs a, const Call& c, const Tensor& out, uint8_t* bits_out, const uint8_t* bits_in) {
@@ -271,7 +279,7 @@ void run_data(PassArgs a, const Call& c, const Tensor& out, uint8_t* bits_out, c
     // Channel-wise: draw the (small) mask of words first, then stream the data from it.
     uint8_t* bits = bits_out;
     if (!bits) {
-      scratch = at::empty({(words + 7) / 8}, input.options().dtype(at::kByte));
+      scratch = bit_buffer(words, input.options());
       bits = scratch.data_ptr<uint8_t>();
     }
     run_mask_pass(a, c, bits, words);
@@ -317,7 +325,7 @@ std::tuple<Tensor, Tensor> forward(const Call& c, const Tensor* inplace) {
   set_rng(a, c, c.save == kSaveRng ? &saved : nullptr);
   uint8_t* bits_out = nullptr;
   if (c.save == kSaveBits) {
-    saved = at::empty({(words + 7) / 8}, input.options().dtype(at::kByte));
+    saved = bit_buffer(words, input.options());
     bits_out = saved.data_ptr<uint8_t>();
   } else if (c.save == kSaveNone) {
     saved = at::empty({0}, input.options().dtype(at::kByte));

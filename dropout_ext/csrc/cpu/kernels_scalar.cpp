@@ -70,6 +70,7 @@ const char* isa_name(Isa isa) {
     case Isa::Scalar: return "scalar";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
+    case Isa::CudaEmu: return "cuda-emu";
   }
   return "?";
 }
@@ -77,7 +78,8 @@ const char* isa_name(Isa isa) {
 // Run-time detection (libgcc's cpuid + xgetbv checks, so OS support is included).
 bool isa_supported(Isa isa) {
   switch (isa) {
-    case Isa::Scalar: return true;
+    case Isa::Scalar:
+    case Isa::CudaEmu: return true;
 #if defined(__x86_64__) || defined(__i386__)
     case Isa::Avx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&

@@ -24,7 +24,8 @@ Isa isa_from_name(const std::string& s) {
   if (s == "scalar") return Isa::Scalar;
   if (s == "avx2") return Isa::Avx2;
   if (s == "avx512") return Isa::Avx512;
-  TORCH_CHECK_VALUE(false, "dropout_ext: unknown CPU ISA '", s, "' (expected scalar, avx2 or avx512)");
+  if (s == "cuda-emu") return Isa::CudaEmu;
+  TORCH_CHECK_VALUE(false, "dropout_ext: unknown CPU ISA '", s, "' (expected scalar, avx2, avx512 or cuda-emu)");
 }
 
 // The path in use: DROPOUT_EXT_CPU_ISA if set (and supported), else the best available.
@@ -65,13 +66,15 @@ std::vector<std::string> cpu_isas_supported() {
 void cpu_run_pass(PassArgs& a) {
   using namespace cpu;
   if (a.g.numel == 0) return;
+  if (static_cast<Isa>(isa_slot().load()) == Isa::CudaEmu) return cuda_emulated_run_pass(a);
   plan_loops(a.g, kTileRows / 2);
   using Fn = void (*)(const PassArgs&, int64_t, int64_t);
   Fn fn = run_range_scalar;
   switch (static_cast<Isa>(isa_slot().load())) {
     case Isa::Avx512: fn = run_range_avx512; break;
     case Isa::Avx2: fn = run_range_avx2; break;
-    case Isa::Scalar: break;
+    case Isa::Scalar:
+    case Isa::CudaEmu: break;
   }
   int64_t items, per_item;
   if (a.g.tile) {

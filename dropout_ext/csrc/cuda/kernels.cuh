@@ -1,0 +1,577 @@
+// The CUDA kernels of a pass (../pass_args.h), written once for two compilers.
+//
+// nvcc compiles them for the GPU (launch.cu). g++ compiles the same text for the host
+// (../cpu/cuda_emulation.cpp), where a small emulator runs a launch's blocks and threads
+// with the same block size, shared memory and barriers, so that the CPU test suite checks
+// the kernels' index arithmetic, bit packing and alignment on every machine, bit for bit
+// against the CPU engine and the oracle, GPU or not.
+//
+// Everything a kernel takes from the hardware goes through a context `c`: c.tid(),
+// c.bid(), c.nblocks(), c.sync() (__syncthreads), c.atomic_or(), and c.load_unit() /
+// c.store_unit() for the 16-byte vector accesses (the emulator checks their alignment).
+// Shared memory is a struct the __global__ wrapper declares __shared__ and the emulator
+// allocates per block.
+//
+// The Philox and threshold arithmetic come from ../philox.h and the element indices from
+// ../index.h, the headers the CPU kernels use, so for a given (key, base) every backend
+// draws the same mask whatever the grid or the layout.
+//
+// Two kernels:
+//  - flat: every operand contiguous in the logical order (after index.h merged the dims),
+//    the common case. A thread takes UNROLL units of 8 consecutive elements (two Philox
+//    blocks, one byte of the bit mask, so no atomics), issues every load of its units
+//    before drawing, and uses 16-byte vector loads and stores. A bias of bias_dropout_add
+//    is indexed incrementally (no division per element).
+//  - tile: any other layout. A block takes a tile of 2048 elements of the plane of the
+//    last dim D (where words advance) and the dim M the output is contiguous along. It
+//    issues the loads of its elements first, then draws the tile's keep bits along D (one
+//    byte per thread), then applies them. Tile mode (lanes along M, coalesced for permuted
+//    layouts such as channels_last or a transpose) passes the bits through shared memory;
+//    row mode (lanes along D) keeps each thread on its own 8 consecutive elements of a row.
+// (key, base) come by value, or are read by the kernel from device memory (an rng tensor
+// on the GPU, or the generator's Philox state under graph capture), so each replay of a
+// captured CUDA graph draws a fresh mask.
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "../pass_args.h"
+
+#if defined(__CUDACC__)
+#define DX_DEV __device__ __forceinline__
+#define DX_UNROLL _Pragma("unroll")
+#else
+#define DX_DEV inline
+#define DX_UNROLL
+#endif
+
+namespace dropout_ext {
+namespace cuda {
+
+constexpr int kThreads = 256;
+constexpr int kUnit = 8;          // elements per thread step: two Philox blocks, one mask byte
+constexpr int kTileElems = 2048;  // tile kernel: elements per block (kThreads units)
+constexpr int kTilePerThread = kTileElems / kThreads;
+
+template <typename T>
+struct alignas(sizeof(T) * kUnit) Unit {
+  T v[kUnit];
+};
+
+template <class C>
+DX_DEV MaskParams resolve_mask(const C& c, const PassArgs& a) {
+  MaskParams m = a.mask;
+  if (a.rng.key_ptr) {
+    m.key = static_cast<uint64_t>(*a.rng.key_ptr);
+    m.base = (static_cast<uint64_t>(*a.rng.base_ptr) + a.rng.base_add) ^ a.rng.base_xor;
+  }
+  if (a.rng_out && c.bid() == 0 && c.tid() == 0) {
+    a.rng_out[0] = static_cast<int64_t>(m.key);
+    a.rng_out[1] = static_cast<int64_t>(m.base);
+  }
+  return m;
+}
+
+// Keep bits of the 8 consecutive words w .. w+7 (bit q = word w + q): two Philox blocks
+// when w starts a block, else the three that cover them.
+template <int S>
+DX_DEV uint32_t keep8_from(const uint32_t (&u)[12], uint32_t threshold) {
+  uint32_t r = 0;
+DX_UNROLL
+  for (int q = 0; q < 8; ++q) r |= static_cast<uint32_t>(u[S + q] >= threshold) << q;
+  return r;
+}
+
+DX_DEV uint32_t keep8(const MaskParams& m, uint64_t w) {
+  if (m.drop_all) return 0u;
+  if (m.keep_all) return 0xFFu;
+  const uint64_t j = w >> 2;
+  const Philox4 b0 = philox_block(m, j);
+  const Philox4 b1 = philox_block(m, j + 1);
+  const int s = static_cast<int>(w & 3);
+  if (s == 0) {
+    uint32_t r = 0;
+DX_UNROLL
+    for (int q = 0; q < 4; ++q) {
+      r |= static_cast<uint32_t>(b0.v[q] >= m.threshold) << q;
+      r |= static_cast<uint32_t>(b1.v[q] >= m.threshold) << (q + 4);
+    }
+    return r;
+  }
+  const Philox4 b2 = philox_block(m, j + 2);
+  const uint32_t u[12] = {b0.v[0], b0.v[1], b0.v[2], b0.v[3], b1.v[0], b1.v[1],
+                          b1.v[2], b1.v[3], b2.v[0], b2.v[1], b2.v[2], b2.v[3]};
+  switch (s) {  // constant indices: the words stay in registers
+    case 1: return keep8_from<1>(u, m.threshold);
+    case 2: return keep8_from<2>(u, m.threshold);
+    default: return keep8_from<3>(u, m.threshold);
+  }
+}
+
+// 8 bits from bit index b of `bits` (nbits long); bits past the end read as 0.
+DX_DEV uint32_t read8(const uint8_t* bits, int64_t nbits, int64_t b) {
+  const int64_t byte = b >> 3;
+  const int s = static_cast<int>(b & 7);
+  uint32_t v = bits[byte];
+  if (s != 0 && byte + 1 < ((nbits + 7) >> 3)) v |= static_cast<uint32_t>(bits[byte + 1]) << 8;
+  return (v >> s) & 0xFFu;
+}
+
+DX_DEV bool bit_at(const uint8_t* bits, int64_t b) { return (bits[b >> 3] >> (b & 7)) & 1; }
+
+// ORs `v` (n <= 8 bits) into bit index b of a zeroed bit array other threads write too.
+// 32-bit atomics: ops.cpp (bit_buffer) allocates bit arrays in whole 32-bit words, so the
+// aligned word holding the array's last byte lies inside its allocation (its bytes past
+// the end only get zeros ORed); the next word is touched only when it receives set bits.
+template <class C>
+DX_DEV void or_bits(const C& c, uint8_t* bits, int64_t b, uint32_t v) {
+  if (v == 0) return;
+  const uintptr_t addr = reinterpret_cast<uintptr_t>(bits + (b >> 3));
+  unsigned int* word = reinterpret_cast<unsigned int*>(addr & ~uintptr_t(3));
+  const int shift = static_cast<int>((addr & 3) * 8 + (b & 7));
+  c.atomic_or(word, v << shift);
+  if (shift > 24) {  // bits past this word; none when v's high bits are 0 (the array may end here)
+    const uint32_t hi = v >> (32 - shift);
+    if (hi) c.atomic_or(word + 1, hi);
+  }
+}
+
+template <typename T>
+struct Factors {
+  using acc_t = at::opmath_type<T>;
+  acc_t scale, keep_shift, drop_shift;
+  DX_DEV explicit Factors(const MaskParams& m) {
+    if (sizeof(acc_t) == 8) {
+      scale = m.scale_d, keep_shift = m.keep_shift_d, drop_shift = m.drop_shift_d;
+    } else {
+      scale = m.scale_f, keep_shift = m.keep_shift_f, drop_shift = m.drop_shift_f;
+    }
+  }
+};
+
+template <typename T, Op OP>
+DX_DEV T apply_one(const Factors<T>& f, bool keep, T x, T r, T b) {
+  using acc_t = at::opmath_type<T>;
+  acc_t v = static_cast<acc_t>(x);
+  if (OP == Op::BiasDropoutAdd) v = v + static_cast<acc_t>(b);
+  v = v * (keep ? f.scale : acc_t(0));
+  if (OP == Op::DropoutAdd || OP == Op::BiasDropoutAdd) v = static_cast<acc_t>(r) + v;
+  if (OP == Op::Alpha) v = v + (keep ? f.keep_shift : f.drop_shift);
+  return static_cast<T>(v);
+}
+
+// ------------------------------------------------------------------------ flat kernel
+
+template <typename T, Op OP, bool FROM_BITS, int UNROLL, class C>
+DX_DEV void flat_body(const C& c, const PassArgs& a, int64_t bias_len) {
+  constexpr bool kHasRes = OP == Op::DropoutAdd || OP == Op::BiasDropoutAdd;
+  constexpr bool kHasBias = OP == Op::BiasDropoutAdd;
+  constexpr bool kData = OP != Op::MaskOnly;
+  const MaskParams m = resolve_mask(c, a);
+  const Factors<T> f(m);
+  const int64_t numel = a.g.numel;
+  const int64_t units = (numel + kUnit - 1) / kUnit;
+  const int64_t full = numel / kUnit;
+  const T* x = static_cast<const T*>(a.x);
+  const T* res = static_cast<const T*>(a.residual);
+  const T* bias = static_cast<const T*>(a.bias);
+  T* out = static_cast<T*>(a.out);
+  const int64_t step = c.nblocks() * kThreads * UNROLL;
+  for (int64_t u0 = c.bid() * kThreads * UNROLL + c.tid(); u0 < units; u0 += step) {
+    Unit<T> xv[UNROLL], rv[UNROLL];
+    if (kData) {
+DX_UNROLL
+      for (int i = 0; i < UNROLL; ++i) {
+        const int64_t u = u0 + int64_t(i) * kThreads;
+        if (u < full) {
+          xv[i] = c.load_unit(x + u * kUnit);
+          if (kHasRes) rv[i] = c.load_unit(res + u * kUnit);
+        }
+      }
+    }
+    int64_t b0 = 0;  // bias index of the thread's first element; advanced, not divided
+    if (kHasBias) b0 = (u0 * kUnit) % bias_len;
+DX_UNROLL
+    for (int i = 0; i < UNROLL; ++i) {
+      const int64_t u = u0 + int64_t(i) * kThreads;
+      if (u >= units) break;
+      const int valid = static_cast<int>(numel - u * kUnit < kUnit ? numel - u * kUnit : kUnit);
+      uint32_t keep;
+      if (FROM_BITS) {
+        keep = a.bits_in[u];
+      } else {
+        keep = keep8(m, a.g.wbase + static_cast<uint64_t>(u * kUnit));
+        if (valid < kUnit) keep &= (1u << valid) - 1u;
+        if (a.bits_out) a.bits_out[u] = static_cast<uint8_t>(keep);
+      }
+      if (kData) {
+        int64_t bq = b0;
+        if (u < full) {
+          Unit<T> ov;
+DX_UNROLL
+          for (int q = 0; q < kUnit; ++q) {
+            T bv = T(0);
+            if (kHasBias) {
+              bv = bias[bq];
+              if (++bq == bias_len) bq = 0;
+            }
+            ov.v[q] = apply_one<T, OP>(f, (keep >> q) & 1u, xv[i].v[q], kHasRes ? rv[i].v[q] : T(0), bv);
+          }
+          c.store_unit(out + u * kUnit, ov);
+        } else {
+          for (int q = 0; q < valid; ++q) {
+            T bv = T(0);
+            if (kHasBias) {
+              bv = bias[bq];
+              if (++bq == bias_len) bq = 0;
+            }
+            const int64_t e = u * kUnit + q;
+            out[e] = apply_one<T, OP>(f, (keep >> q) & 1u, x[e], kHasRes ? res[e] : T(0), bv);
+          }
+        }
+      }
+      if (kHasBias) {
+        // next unit of this thread: kThreads * kUnit elements on (bias_len >= kUnit)
+        b0 += (int64_t(kThreads) * kUnit) % bias_len;
+        if (b0 >= bias_len) b0 -= bias_len;
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------ tile kernel
+
+template <typename T>
+DX_DEV bool aligned_unit(const T* p) {
+  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * kUnit) == 0;
+}
+
+// The tile plane (M, D) and the other ("outer") dims, computed on the host.
+struct TilePlan {
+  int log_tm = 0, log_td = 11;  // tile extents along M and D, tm * td == kTileElems
+  bool lanes_on_m = false;      // lanes along M (tile mode) or D (row mode)
+  bool bits_plain = false;      // every written mask byte is whole and byte-aligned: plain stores
+  int64_t size_m = 1, size_d = 1;
+  int64_t st_m[kOperands] = {}, st_d[kOperands] = {};
+  int64_t ws_m = 0, ws_d = 0, bs_m = 0, bs_d = 0;
+  int64_t mtiles = 1, dtiles = 1;
+  int nouter = 0;  // outer dims, outermost first
+  int64_t outer_size[kMaxDims] = {};
+  int64_t outer_st[kOperands][kMaxDims] = {};
+  int64_t outer_ws[kMaxDims] = {}, outer_bs[kMaxDims] = {};
+};
+
+// Where a block's tile starts, decoded once per block by its first thread.
+struct TileShared {
+  uint8_t smask[kThreads];
+  int64_t off[kOperands];
+  int64_t bit, m0, d0;
+  uint64_t word;
+};
+
+// i = v % n and v /= n for a block index (v < 2**31): 32-bit arithmetic.
+DX_DEV int64_t split_index(uint32_t& v, int64_t n) {
+  if (n > 0xFFFFFFFFll) {
+    const int64_t i = v;
+    v = 0;
+    return i;
+  }
+  const uint32_t d = static_cast<uint32_t>(n);
+  const uint32_t q = v / d;
+  const int64_t i = v - q * d;
+  v = q;
+  return i;
+}
+
+template <typename T, Op OP, class C>
+DX_DEV void tile_body(const C& c, const PassArgs& a, const TilePlan& t, TileShared& sh) {
+  constexpr bool kHasRes = OP == Op::DropoutAdd || OP == Op::BiasDropoutAdd;
+  constexpr bool kHasBias = OP == Op::BiasDropoutAdd;
+  const MaskParams m = resolve_mask(c, a);
+  const int tid = c.tid();
+  if (tid == 0) {
+    uint32_t b = static_cast<uint32_t>(c.bid());
+    const int64_t dt = split_index(b, t.dtiles);
+    const int64_t mt = split_index(b, t.mtiles);
+    const int64_t m0 = mt << t.log_tm, d0 = dt << t.log_td;
+    int64_t off[kOperands];
+    for (int k = 0; k < kOperands; ++k) off[k] = m0 * t.st_m[k] + d0 * t.st_d[k];
+    uint64_t word = a.g.wbase + static_cast<uint64_t>(m0 * t.ws_m + d0 * t.ws_d);
+    int64_t bit = m0 * t.bs_m + d0 * t.bs_d;
+    for (int d = t.nouter - 1; d >= 0; --d) {
+      const int64_t i = split_index(b, t.outer_size[d]);
+      for (int k = 0; k < kOperands; ++k) off[k] += i * t.outer_st[k][d];
+      word += static_cast<uint64_t>(i * t.outer_ws[d]);
+      bit += i * t.outer_bs[d];
+    }
+    for (int k = 0; k < kOperands; ++k) sh.off[k] = off[k];
+    sh.word = word;
+    sh.bit = bit;
+    sh.m0 = m0;
+    sh.d0 = d0;
+  }
+  c.sync();
+  const T* x = static_cast<const T*>(a.x);
+  const T* res = static_cast<const T*>(a.residual);
+  const T* bias = static_cast<const T*>(a.bias);
+  T* out = static_cast<T*>(a.out);
+  const int64_t m0 = sh.m0, d0 = sh.d0;
+  // The thread's mask byte: row r of M, byte kk of D (d = d0 + 8kk .. +7).
+  const int bytes_per_row = 1 << (t.log_td - 3);
+  const int r = tid >> (t.log_td - 3);
+  const int kk = tid & (bytes_per_row - 1);
+  const int64_t mm = m0 + r, dd = d0 + 8 * kk;
+  const bool in_range = mm < t.size_m && dd < t.size_d;
+  const int valid = in_range ? static_cast<int>(t.size_d - dd < 8 ? t.size_d - dd : 8) : 0;
+
+  // Loads first, so that their latency overlaps the Philox rounds below.
+  // Row mode: the thread's own byte, 8 elements along D. Tile mode: 8 elements of the
+  // tile at (ml, dl0 + i * dstep), lanes along M.
+  T xs[kTilePerThread] = {}, rs[kTilePerThread] = {}, bs[kTilePerThread] = {};
+  bool vec = false;
+  int64_t roff[kOperands] = {};
+  const int tm_mask = (1 << t.log_tm) - 1;
+  const int ml = tid & tm_mask, dl0 = tid >> t.log_tm;
+  const int dstep = kThreads >> t.log_tm;
+  const bool m_in = m0 + ml < t.size_m;
+  if (OP != Op::MaskOnly) {
+    if (!t.lanes_on_m) {
+      if (valid > 0) {
+DX_UNROLL
+        for (int k = 0; k < kOperands; ++k) roff[k] = sh.off[k] + r * t.st_m[k] + 8 * kk * t.st_d[k];
+        const bool contiguous = t.st_d[kX] == 1 && t.st_d[kOut] == 1 && (!kHasRes || t.st_d[kRes] == 1) &&
+                                (!kHasBias || t.st_d[kBias] == 1);
+        vec = contiguous && valid == 8 && aligned_unit<T>(x + roff[kX]) && aligned_unit<T>(out + roff[kOut]) &&
+              (!kHasRes || aligned_unit<T>(res + roff[kRes])) && (!kHasBias || aligned_unit<T>(bias + roff[kBias]));
+        if (vec) {
+          const Unit<T> xv = c.load_unit(x + roff[kX]);
+          Unit<T> rv, bv;
+          if (kHasRes) rv = c.load_unit(res + roff[kRes]);
+          if (kHasBias) bv = c.load_unit(bias + roff[kBias]);
+DX_UNROLL
+          for (int q = 0; q < 8; ++q) {
+            xs[q] = xv.v[q];
+            rs[q] = kHasRes ? rv.v[q] : T(0);
+            bs[q] = kHasBias ? bv.v[q] : T(0);
+          }
+        } else {
+DX_UNROLL
+          for (int q = 0; q < 8; ++q) {
+            if (q < valid) {
+              xs[q] = x[roff[kX] + q * t.st_d[kX]];
+              rs[q] = kHasRes ? res[roff[kRes] + q * t.st_d[kRes]] : T(0);
+              bs[q] = kHasBias ? bias[roff[kBias] + q * t.st_d[kBias]] : T(0);
+            }
+          }
+        }
+      }
+    } else if (m_in) {
+DX_UNROLL
+      for (int k = 0; k < kOperands; ++k) roff[k] = sh.off[k] + ml * t.st_m[k] + dl0 * t.st_d[k];
+DX_UNROLL
+      for (int i = 0; i < kTilePerThread; ++i) {
+        const int dl = dl0 + i * dstep;
+        if (d0 + dl < t.size_d) {
+          const int64_t di = int64_t(i) * dstep;
+          xs[i] = x[roff[kX] + di * t.st_d[kX]];
+          rs[i] = kHasRes ? res[roff[kRes] + di * t.st_d[kRes]] : T(0);
+          bs[i] = kHasBias ? bias[roff[kBias] + di * t.st_d[kBias]] : T(0);
+        }
+      }
+    }
+  }
+
+  // Keep bits of the thread's byte.
+  uint32_t keep = 0;
+  if (in_range) {
+    const int64_t bit = sh.bit + r * t.bs_m + 8 * kk * t.bs_d;
+    if (a.bits_in) {
+      if (t.bs_d == 1) keep = read8(a.bits_in, a.nbits, bit);
+      else if (t.bs_d == 0) keep = bit_at(a.bits_in, bit) ? 0xFFu : 0u;
+      else
+        for (int q = 0; q < valid; ++q) keep |= static_cast<uint32_t>(bit_at(a.bits_in, bit + q * t.bs_d)) << q;
+    } else {
+      const uint64_t w = sh.word + static_cast<uint64_t>(r * t.ws_m + 8 * kk * t.ws_d);
+      if (t.ws_d == 1) keep = keep8(m, w);
+      else if (t.ws_d == 0) keep = keep_element(m, w) ? 0xFFu : 0u;
+      else
+        for (int q = 0; q < valid; ++q) keep |= static_cast<uint32_t>(keep_element(m, w + q * t.ws_d)) << q;
+    }
+    keep &= (1u << valid) - 1u;
+    if (a.bits_out) {  // element-wise masks only: bits advance by 1 along D
+      if (t.bits_plain) a.bits_out[bit >> 3] = static_cast<uint8_t>(keep);
+      else or_bits(c, a.bits_out, bit, keep);
+    }
+  }
+  if (OP == Op::MaskOnly) return;
+  const Factors<T> f(m);
+  if (!t.lanes_on_m) {
+    if (valid == 0) return;
+    if (vec) {
+      Unit<T> ov;
+DX_UNROLL
+      for (int q = 0; q < 8; ++q) ov.v[q] = apply_one<T, OP>(f, (keep >> q) & 1u, xs[q], rs[q], bs[q]);
+      c.store_unit(out + roff[kOut], ov);
+      return;
+    }
+DX_UNROLL
+    for (int q = 0; q < 8; ++q)
+      if (q < valid) out[roff[kOut] + q * t.st_d[kOut]] = apply_one<T, OP>(f, (keep >> q) & 1u, xs[q], rs[q], bs[q]);
+    return;
+  }
+  // Tile mode: the keep bits come from the shared tile.
+  sh.smask[tid] = static_cast<uint8_t>(keep);
+  c.sync();
+  if (!m_in) return;
+DX_UNROLL
+  for (int i = 0; i < kTilePerThread; ++i) {
+    const int dl = dl0 + i * dstep;
+    if (d0 + dl < t.size_d) {
+      const bool k = (sh.smask[ml * bytes_per_row + (dl >> 3)] >> (dl & 7)) & 1;
+      out[roff[kOut] + int64_t(i) * dstep * t.st_d[kOut]] = apply_one<T, OP>(f, k, xs[i], rs[i], bs[i]);
+    }
+  }
+}
+
+// ------------------------------------------------------------------------ planning
+
+inline int log2_ceil(int64_t v) {
+  int l = 0;
+  while ((int64_t(1) << l) < v) ++l;
+  return l;
+}
+
+inline int64_t blocks_for(int64_t work, int64_t per_block) {
+  const int64_t blocks = (work + per_block - 1) / per_block;
+  return std::max<int64_t>(1, std::min<int64_t>(blocks, int64_t(1) << 30));
+}
+
+inline bool aligned(const void* p, int64_t bytes) {
+  return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0;
+}
+
+// Flat when every present operand is contiguous in the logical order (bias: one row
+// repeated, contiguous), words and bits advance by one per element and the pointers allow
+// Unit loads.
+inline bool flat_plan(const PassArgs& a, int64_t elem, int64_t* bias_len) {
+  const Geometry& g = a.g;
+  const bool res = a.op == Op::DropoutAdd || a.op == Op::BiasDropoutAdd;
+  const bool bias = a.op == Op::BiasDropoutAdd;
+  const bool data = a.op != Op::MaskOnly;
+  const int64_t unit_bytes = elem * kUnit;
+  if (!aligned(a.x, unit_bytes) || !aligned(a.out, unit_bytes) || (res && !aligned(a.residual, unit_bytes)))
+    return false;
+  auto unit_strides = [&](int d, int64_t s) {
+    if (data && (g.stride[kOut][d] != s || g.stride[kX][d] != s)) return false;
+    if (res && g.stride[kRes][d] != s) return false;
+    return g.bstride[d] == s && (a.bits_in || g.wstride[d] == s);
+  };
+  *bias_len = 1;
+  if (g.ndim == 1) return !bias && unit_strides(0, 1);
+  if (g.ndim == 2 && bias && g.stride[kBias][1] == 1 && g.stride[kBias][0] == 0) {
+    *bias_len = g.size[1];
+    return unit_strides(1, 1) && unit_strides(0, g.size[1]);
+  }
+  return false;
+}
+
+inline TilePlan tile_plan(const Geometry& g) {
+  TilePlan t;
+  const int D = g.ndim - 1;
+  int M;
+  if (g.tile) {
+    M = g.mem;
+    t.lanes_on_m = true;
+    // D as short as the rows allow (>= 8, one mask byte), M as long as the tile then holds
+    t.log_td = std::max(3, std::min(6, log2_ceil(g.size[D])));
+    t.log_tm = 11 - t.log_td;
+  } else {
+    M = D - 1;  // -1: no M dim (a single row)
+    t.lanes_on_m = false;
+    t.log_td = std::max(3, std::min(11, log2_ceil(g.size[D])));
+    t.log_tm = 11 - t.log_td;
+  }
+  t.size_d = g.size[D];
+  for (int k = 0; k < kOperands; ++k) t.st_d[k] = g.stride[k][D];
+  t.ws_d = g.wstride[D];
+  t.bs_d = g.bstride[D];
+  if (M >= 0) {
+    t.size_m = g.size[M];
+    for (int k = 0; k < kOperands; ++k) t.st_m[k] = g.stride[k][M];
+    t.ws_m = g.wstride[M];
+    t.bs_m = g.bstride[M];
+  }
+  t.mtiles = (t.size_m + (int64_t(1) << t.log_tm) - 1) >> t.log_tm;
+  t.dtiles = (t.size_d + (int64_t(1) << t.log_td) - 1) >> t.log_td;
+  t.bits_plain = t.size_d % 8 == 0 && t.bs_m % 8 == 0;
+  for (int d = 0; d < g.ndim; ++d) {
+    if (d == D || d == M) continue;
+    const int o = t.nouter++;
+    t.outer_size[o] = g.size[d];
+    for (int k = 0; k < kOperands; ++k) t.outer_st[k][o] = g.stride[k][d];
+    t.outer_ws[o] = g.wstride[d];
+    t.outer_bs[o] = g.bstride[d];
+    t.bits_plain = t.bits_plain && t.outer_bs[o] % 8 == 0;
+  }
+  return t;
+}
+
+// Plans and launches a pass (numel > 0) through a launcher L, which provides
+//   L::flat<T, OP, FROM_BITS, UNROLL>(blocks, a, bias_len)
+//   L::tile<T, OP>(blocks, a, plan)
+//   L::zero(bits, bytes)
+// `unroll` (1, 2 or 4) is the flat forward dropout's units per thread; every other op
+// uses 2.
+template <class L, typename T, Op OP>
+void run_planned(L& l, const PassArgs& a, int unroll) {
+  int64_t bias_len = 1;
+  if (flat_plan(a, sizeof(T), &bias_len)) {
+    const int64_t units = (a.g.numel + kUnit - 1) / kUnit;
+    if (a.bits_in) {
+      l.template flat<T, OP, true, 2>(blocks_for(units, kThreads * 2), a, bias_len);
+      return;
+    }
+    if constexpr (OP == Op::Dropout) {
+      if (unroll == 1) return l.template flat<T, OP, false, 1>(blocks_for(units, kThreads), a, bias_len);
+      if (unroll == 4) return l.template flat<T, OP, false, 4>(blocks_for(units, kThreads * 4), a, bias_len);
+    }
+    l.template flat<T, OP, false, 2>(blocks_for(units, kThreads * 2), a, bias_len);
+    return;
+  }
+  const TilePlan t = tile_plan(a.g);
+  // Rows that do not start on a byte share bytes: their bits are ORed into zeroed memory.
+  if (a.bits_out && !t.bits_plain) l.zero(a.bits_out, (a.nbits + 7) / 8);
+  const int64_t blocks = a.g.numel / (t.size_m * t.size_d) * t.mtiles * t.dtiles;
+  TORCH_CHECK(blocks <= 0x7FFFFFFF, "dropout_ext: tensor too large for one launch");
+  l.template tile<T, OP>(blocks, a, t);
+}
+
+template <class L, typename T>
+void run_op(L& l, const PassArgs& a, int unroll) {
+  switch (a.op) {
+    case Op::Dropout: return run_planned<L, T, Op::Dropout>(l, a, unroll);
+    case Op::DropoutAdd: return run_planned<L, T, Op::DropoutAdd>(l, a, unroll);
+    case Op::BiasDropoutAdd: return run_planned<L, T, Op::BiasDropoutAdd>(l, a, unroll);
+    case Op::Alpha: return run_planned<L, T, Op::Alpha>(l, a, unroll);
+    case Op::MaskOnly: return run_planned<L, T, Op::MaskOnly>(l, a, unroll);
+  }
+}
+
+// The whole pass for numel > 0: loop plan (index.h), then the kernel for the dtype.
+template <class L>
+void run_pass(L& l, PassArgs& a, int unroll) {
+  plan_loops(a.g, 8);
+  switch (a.dtype) {
+    case DType::Float16: return run_op<L, at::Half>(l, a, unroll);
+    case DType::BFloat16: return run_op<L, at::BFloat16>(l, a, unroll);
+    case DType::Float32: return run_op<L, float>(l, a, unroll);
+    case DType::Float64: return run_op<L, double>(l, a, unroll);
+  }
+}
+
+}  // namespace cuda
+}  // namespace dropout_ext

@@ -1,0 +1,138 @@
+"""The CUDA kernels (csrc/cuda/kernels.cuh) run on the host by the emulator
+(csrc/cpu/cuda_emulation.cpp, the CPU path "cuda-emu"), on every machine, GPU or not.
+
+The emulator runs the kernels' own code for each block and thread of the grid the CUDA
+launcher uses, with real barriers and shared memory, and checks the alignment of vector
+accesses. Here: every op, dtype, layout and backward storage, in shapes that take several
+blocks and partial tiles of both kernels, bit for bit against the Python backend. The
+tests that go over every CPU path (test_mask, test_fuzz, test_layouts, test_shards) run
+the emulator too."""
+import contextlib
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from testing import assert_same_bits, backend_ctx, cpu_isa_ctx, requires_compiled, storage_ctx
+from test_layouts import _ops, _strided_input
+
+import dropout_ext
+from dropout_ext import functional as F
+
+pytestmark = requires_compiled
+
+SEED = 0xC0DA
+
+
+def _run(x, fn, grad):
+    """Output (and the gradient for a fixed upstream gradient) of fn on x."""
+    out = fn(x, seed=SEED)
+    if not grad or x.numel() == 0 or not x.dtype.is_floating_point:
+        return out, None
+    leaf = x.detach().requires_grad_()
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(5), dtype=x.dtype)
+    (gx,) = torch.autograd.grad(fn(leaf, seed=SEED), leaf, g)
+    return out, gx
+
+
+def check_against_python(x, grad=True, ops=None):
+    for name, fn in _ops(x):
+        if ops and name not in ops:
+            continue
+        with backend_ctx("python"):
+            ref, ref_g = _run(x, fn, grad)
+        with backend_ctx("compiled"), cpu_isa_ctx("cuda-emu"):
+            out, g = _run(x, fn, grad)
+        assert out.stride() == ref.stride(), (name, out.stride(), ref.stride())
+        assert_same_bits(out, ref)
+        if ref_g is not None:
+            assert g.stride() == ref_g.stride(), (name, g.stride(), ref_g.stride())
+            assert_same_bits(g, ref_g)
+
+
+def test_the_emulator_is_selectable_and_not_a_cpu_isa():
+    assert "cuda-emu" not in dropout_ext._backend.cpu_isas_supported()
+    before = dropout_ext._backend.cpu_isa()
+    with cpu_isa_ctx("cuda-emu"):
+        assert dropout_ext._backend.cpu_isa() == "cuda-emu"
+    assert dropout_ext._backend.cpu_isa() == before
+
+
+def _layouts(dtype):
+    g = torch.Generator().manual_seed(1)
+
+    def randn(*shape):
+        return torch.randn(*shape, generator=g, dtype=dtype)
+
+    return {
+        # flat kernel: several blocks, a tail unit, units past the grid's first sweep
+        "contiguous": randn(3, 1999),
+        # tile kernel, lanes along M: partial tiles along M (C = 40) and D (W = 11)
+        "channels_last": randn(3, 40, 9, 11).to(memory_format=torch.channels_last),
+        # tile mode, D = 70: one full and one partial 64-wide tile, 10 tiles along M
+        "transposed": randn(70, 300).t(),
+        # row mode, stride 2 along D
+        "stepped": randn(21, 260)[:, ::2],
+        # row mode, rows of 100 that do not start on a byte of the mask nor on a vector
+        "offset": randn(4100)[1:4001].view(40, 100),
+        # row mode with vector accesses: rows of 96 at a row stride of 128
+        "row-sliced": randn(30, 128)[:, :96],
+        "expanded": randn(1, 67).expand(33, 67),
+    }
+
+
+@pytest.mark.parametrize("storage", ["bits", "seed"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed", "stepped", "offset", "row-sliced",
+                                    "expanded"])
+def test_every_op_and_layout_equals_the_python_backend(layout, dtype, storage):
+    x = _layouts(dtype)[layout]
+    with storage_ctx(storage):
+        check_against_python(x, grad=layout != "expanded")
+
+
+@pytest.mark.parametrize("storage", ["bits", "seed"])
+@settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(shape=st.lists(st.integers(1, 12), min_size=1, max_size=4), perm_seed=st.integers(0, 1000),
+       step=st.integers(1, 3), start=st.integers(0, 2))
+def test_any_strides(storage, shape, perm_seed, step, start):
+    perm = torch.randperm(len(shape), generator=torch.Generator().manual_seed(perm_seed)).tolist()
+    slices = [(start, step) if i == perm_seed % len(shape) else (0, 1) for i in range(len(shape))]
+    x = _strided_input(shape, perm, slices, seed=perm_seed)
+    with storage_ctx(storage):
+        check_against_python(x, ops=("dropout", "dropout_add", "bias_dropout_add", "drop_path", "alpha_dropout"))
+
+
+@pytest.mark.parametrize("bias_len", [1, 3, 8, 13, 64, 1000, 4096])
+def test_flat_bias_indexing(bias_len):
+    """bias_dropout_add's bias is advanced per unit of 8 and wrapped per element."""
+    g = torch.Generator().manual_seed(bias_len)
+    rows = max(1, 12000 // bias_len)
+    x = torch.randn(rows, bias_len, generator=g)
+    r = torch.randn(rows, bias_len, generator=g)
+    b = torch.randn(bias_len, generator=g)
+    for storage in ("bits", "seed"):
+        with storage_ctx(storage):
+            outs = []
+            for backend, isa in (("python", None), ("compiled", "cuda-emu")):
+                with backend_ctx(backend), (cpu_isa_ctx(isa) if isa else contextlib.nullcontext()):
+                    outs.append(F.bias_dropout_add(x, b, r, 0.3, seed=SEED))
+            assert_same_bits(outs[1], outs[0])
+
+
+@pytest.mark.parametrize("offset", [(0, 0), (0, 1), (0, 3), (0, 5), (2, 7), (1, 64)])
+def test_shard_word_offsets(offset):
+    """Shards whose first word is not on a Philox block: keep8's three-block path."""
+    full = torch.randn(6, 150, generator=torch.Generator().manual_seed(3))
+    i, j = offset
+    local = full[i:i + 4, j:j + 80]
+    kw = dict(seed=SEED, global_shape=(6, 150), global_offset=(i, j))
+    with backend_ctx("python"):
+        ref = F.dropout(local, 0.4, **kw)
+        whole = F.dropout(full, 0.4, seed=SEED)
+    assert_same_bits(ref, whole[i:i + 4, j:j + 80])
+    with backend_ctx("compiled"), cpu_isa_ctx("cuda-emu"):
+        got = F.dropout(local, 0.4, **kw)
+        got_contig = F.dropout(local.contiguous(), 0.4, **kw)
+    assert_same_bits(got, ref)
+    assert_same_bits(got_contig, ref)
