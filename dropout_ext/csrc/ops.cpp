@@ -261,12 +261,16 @@ void run_mask_pass(const PassArgs& data, const Call& c, uint8_t* bits, int64_t w
   run_pass(m, input.device());
 }
 
-// A packed bit mask of `words` bits: (words + 7) / 8 bytes, in an allocation rounded up to
-// whole 32-bit words, because the CUDA tile kernel ORs bits in with 32-bit atomics on the
-// aligned word that holds a byte (cuda/kernels.cuh, or_bits).
+// A packed bit mask of `words` bits: (words + 7) / 8 bytes. On CUDA its allocation is
+// rounded up to whole 32-bit words (the sizes are then set back, no view), because the
+// tile kernel ORs bits in with 32-bit atomics on the aligned word that holds a byte
+// (cuda/kernels.cuh, or_bits).
 Tensor bit_buffer(int64_t words, const at::TensorOptions& options) {
   const int64_t bytes = (words + 7) / 8;
-  return at::empty({(bytes + 3) / 4 * 4}, options.dtype(at::kByte)).narrow(0, 0, bytes);
+  if (!options.device().is_cuda()) return at::empty({bytes}, options.dtype(at::kByte));
+  Tensor t = at::empty({(bytes + 3) / 4 * 4}, options.dtype(at::kByte));
+  t.unsafeGetTensorImpl()->set_sizes_contiguous({bytes});
+  return t;
 }
 
 // A data pass (with the reduced mask pass first when the mask is channel-wise and drawn
@@ -405,8 +409,11 @@ Tensor dropout_backward_kernel(const Tensor& grad, const Tensor& saved, double p
   } else {
     rng = saved;
   }
-  // Backward multiplies by keep * scale: the Dropout op with the kind's scale.
-  Call c = make_call(Op::Dropout, grad, rng, no_gen, p, kind, lead, 0, gs, go);
+  // Backward multiplies by keep * scale: the Dropout op with the kind's scale. From bits
+  // the shard's place in the full tensor plays no part (the bits are the local mask's), and
+  // leaving it out lets the dims of a column shard merge into one contiguous run.
+  Call c = make_call(Op::Dropout, grad, rng, no_gen, p, kind, lead, 0, from_bits ? OptInts() : gs,
+                     from_bits ? OptInts() : go);
   c10::OptionalDeviceGuard guard(grad.device());
   Tensor out;
   if (strides.has_value()) {
