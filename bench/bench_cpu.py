@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (JEMALLOC_CONF, MIN_REPS, Report, allocator_in_use, cpu_model, faults_per_call,  # noqa: E402
                     find_jemalloc, fresh_compile, fwd_bwd, interleaved, layout_contenders, loadavg, log2name,
-                    progress, quiet_torch_logs, ratio, reset_compiled, saved_bytes, shape_name, with_storage)
+                    progress, quiet_torch_logs, ratio, reset_compiled, saved_bytes, shape_name, shard_contenders, storage_contenders, with_storage)
 
 import dropout_ext  # noqa: E402
 from dropout_ext import _backend  # noqa: E402
@@ -135,11 +135,7 @@ def bench_backward(sizes, dtypes, reps):
             dtype = DTYPES[d]
             x = torch.randn(n, dtype=dtype)
             g = torch.randn(n, dtype=dtype)
-            t = interleaved({
-                "torch": fwd_bwd(lambda a: TF.dropout(a, P), x, g),
-                "ours seed": with_storage("seed", fwd_bwd(lambda a: F.dropout(a, P), x, g)),
-                "ours bits": with_storage("bits", fwd_bwd(lambda a: F.dropout(a, P), x, g)),
-            }, reps)
+            t = interleaved(storage_contenders(lambda a: F.dropout(a, P), lambda a: TF.dropout(a, P), x, g), reps)
             xr = x.detach().requires_grad_()
             rows.append({
                 "dtype": d, "numel": log2name(n), "n": n,
@@ -348,22 +344,10 @@ LAYOUT_NOTES = ["vs torch = torch's time / ours; vs contig = ours on the input's
 def bench_shard(rows_cols, reps):
     """Global-index path (issue 14) against the plain path on the same local tensor: a
     column shard (global (R, 2C), offset (0, C)) and a row shard (global (2R, C), offset (R, 0))."""
-    R, C = rows_cols
-    x = torch.randn(R, C)
-    g = torch.randn(R, C)
-    b = torch.randn(C)
-    res = torch.randn(R, C)
-    shards = {"plain": {}, "column shard": dict(global_shape=(R, 2 * C), global_offset=(0, C)),
-              "row shard": dict(global_shape=(2 * R, C), global_offset=(R, 0))}
-    ops = {"dropout": lambda a, kw: F.dropout(a, P, **kw),
-           "bias_dropout_add": lambda a, kw: F.bias_dropout_add(a, b, res, P, **kw)}
+    x, contenders, shards = shard_contenders(F, P, rows_cols)
     rows = []
-    for op, fn in ops.items():
+    for op, (fwd, fb) in contenders.items():
         progress("shards %s" % op)
-        fwd, fb = {}, {}
-        for s, kw in shards.items():
-            fwd[s] = (lambda kw=kw: fn(x, kw))
-            fb[s] = fwd_bwd(lambda a, kw=kw: fn(a, kw), x, g)
         tf = interleaved(fwd, reps)
         tb = interleaved(fb, reps)
         for s in ("column shard", "row shard"):

@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (Report, SavedBytesCounter, fresh_compile, fwd_bwd, interleaved,  # noqa: E402
                     layout_contenders, log2name, progress, quiet_torch_logs, ratio, reset_compiled, saved_bytes,
-                    shape_name, with_storage)
+                    shape_name, shard_contenders, storage_contenders, with_storage)
 
 import dropout_ext  # noqa: E402
 from dropout_ext import functional as F  # noqa: E402
@@ -255,9 +255,7 @@ def bench_backward(sizes, dtypes, reps):
             dt = DTYPES[d]
             x = torch.randn(n, dtype=dt, device=DEVICE)
             g = torch.randn_like(x)
-            fns = {"torch": fwd_bwd(lambda a: TF.dropout(a, P), x, g),
-                   "ours seed": with_storage("seed", fwd_bwd(lambda a: F.dropout(a, P), x, g)),
-                   "ours bits": with_storage("bits", fwd_bwd(lambda a: F.dropout(a, P), x, g))}
+            fns = storage_contenders(lambda a: F.dropout(a, P), lambda a: TF.dropout(a, P), x, g)
             m = measure(fns, reps)
             xr = x.detach().requires_grad_()
             saved = {"torch": saved_bytes(lambda: TF.dropout(xr, P)),
@@ -449,20 +447,10 @@ LAYOUT_NOTES = ["float32, device times unless 'wall'; vs torch = torch's time / 
 def bench_shard(reps, dry):
     """Global-index path (issue 14) against the plain path on the same local tensor: a
     column shard (global (R, 2C), offset (0, C)) and a row shard (global (2R, C), offset (R, 0))."""
-    R, C = (64, 128) if dry else (8192, 4096)
-    x = torch.randn(R, C, device=DEVICE)
-    g = torch.randn_like(x)
-    b = torch.randn(C, device=DEVICE)
-    res = torch.randn_like(x)
-    shards = {"plain": {}, "column shard": dict(global_shape=(R, 2 * C), global_offset=(0, C)),
-              "row shard": dict(global_shape=(2 * R, C), global_offset=(R, 0))}
-    ops = {"dropout": lambda a, kw: F.dropout(a, P, **kw),
-           "bias_dropout_add": lambda a, kw: F.bias_dropout_add(a, b, res, P, **kw)}
+    x, contenders, shards = shard_contenders(F, P, (64, 128) if dry else (8192, 4096), DEVICE)
     rows = []
-    for op, fn in ops.items():
+    for op, (fwd, fb) in contenders.items():
         progress("shards %s" % op)
-        fwd = {s: (lambda kw=kw: fn(x, kw)) for s, kw in shards.items()}
-        fb = {s: fwd_bwd(lambda a, kw=kw: fn(a, kw), x, g) for s, kw in shards.items()}
         mf = measure(fwd, reps)
         mb = measure(fb, reps)
         for s in ("column shard", "row shard"):

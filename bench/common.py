@@ -170,6 +170,38 @@ def fwd_bwd(fn, x, grad=None):
     return run
 
 
+def storage_contenders(ours, theirs, x, grad):
+    """Forward + backward of torch's op and of ours in each backward storage (CPU and GPU
+    bench): {"torch", "ours seed", "ours bits"}."""
+    return {"torch": fwd_bwd(theirs, x, grad),
+            "ours seed": with_storage("seed", fwd_bwd(ours, x, grad)),
+            "ours bits": with_storage("bits", fwd_bwd(ours, x, grad))}
+
+
+def shard_contenders(F, p, rows_cols, device="cpu"):
+    """The shard table's contenders (CPU and GPU bench): dropout and bias_dropout_add on one
+    (R, C) float32 tensor, plain, as a column shard (global (R, 2C), offset (0, C)) and as a
+    row shard (global (2R, C), offset (R, 0)). Returns (x, {op: (fwd, fb)}, shards), where
+    fwd and fb map "plain", "column shard" and "row shard" to contenders."""
+    import torch
+
+    R, C = rows_cols
+    x = torch.randn(R, C, device=device)
+    g = torch.randn_like(x)
+    b = torch.randn(C, device=device)
+    res = torch.randn_like(x)
+    shards = {"plain": {}, "column shard": dict(global_shape=(R, 2 * C), global_offset=(0, C)),
+              "row shard": dict(global_shape=(2 * R, C), global_offset=(R, 0))}
+    ops = {"dropout": lambda a, kw: F.dropout(a, p, **kw),
+           "bias_dropout_add": lambda a, kw: F.bias_dropout_add(a, b, res, p, **kw)}
+    contenders = {}
+    for op, fn in ops.items():
+        fwd = {s: (lambda kw=kw, fn=fn: fn(x, kw)) for s, kw in shards.items()}
+        fb = {s: fwd_bwd(lambda a, kw=kw, fn=fn: fn(a, kw), x, g) for s, kw in shards.items()}
+        contenders[op] = (fwd, fb)
+    return x, contenders, shards
+
+
 # ----------------------------------------------------------------------------- torch.compile
 
 def layout_contenders(inputs, prepare, ours, theirs, fwd=None):

@@ -110,7 +110,7 @@ struct HostCtx {
   }
   template <typename T>
   void check(const T* p) const {
-    if (reinterpret_cast<uintptr_t>(p) % alignof(Unit<T>) != 0) err->fail("misaligned vector access");
+    if (!aligned(p, sizeof(Unit<T>))) err->fail("misaligned vector access");
   }
   template <typename T>
   Unit<T> load_unit(const T* p) const {

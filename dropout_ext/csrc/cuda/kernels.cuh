@@ -245,9 +245,10 @@ DX_UNROLL
 
 // ------------------------------------------------------------------------ tile kernel
 
-template <typename T>
-DX_DEV bool aligned_unit(const T* p) {
-  return reinterpret_cast<uintptr_t>(p) % (sizeof(T) * kUnit) == 0;
+// True when p (or nullptr: an absent operand) is a multiple of `bytes`: where a Unit may be
+// loaded (bytes = sizeof(Unit<T>)), on the host planner and in the kernels alike.
+DX_HOST_DEVICE bool aligned(const void* p, int64_t bytes) {
+  return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 
 // The tile plane (M, D) and the other ("outer") dims, computed on the host.
@@ -345,8 +346,9 @@ DX_UNROLL
         for (int k = 0; k < kOperands; ++k) roff[k] = sh.off[k] + r * t.st_m[k] + 8 * kk * t.st_d[k];
         const bool contiguous = t.st_d[kX] == 1 && t.st_d[kOut] == 1 && (!kHasRes || t.st_d[kRes] == 1) &&
                                 (!kHasBias || t.st_d[kBias] == 1);
-        vec = contiguous && valid == 8 && aligned_unit<T>(x + roff[kX]) && aligned_unit<T>(out + roff[kOut]) &&
-              (!kHasRes || aligned_unit<T>(res + roff[kRes])) && (!kHasBias || aligned_unit<T>(bias + roff[kBias]));
+        constexpr int64_t kUnitBytes = sizeof(Unit<T>);
+        vec = contiguous && valid == 8 && aligned(x + roff[kX], kUnitBytes) && aligned(out + roff[kOut], kUnitBytes) &&
+              (!kHasRes || aligned(res + roff[kRes], kUnitBytes)) && (!kHasBias || aligned(bias + roff[kBias], kUnitBytes));
         if (vec) {
           const Unit<T> xv = c.load_unit(x + roff[kX]);
           Unit<T> rv, bv;
@@ -448,10 +450,6 @@ inline int log2_ceil(int64_t v) {
 inline int64_t blocks_for(int64_t work, int64_t per_block) {
   const int64_t blocks = (work + per_block - 1) / per_block;
   return std::max<int64_t>(1, std::min<int64_t>(blocks, int64_t(1) << 30));
-}
-
-inline bool aligned(const void* p, int64_t bytes) {
-  return p == nullptr || reinterpret_cast<uintptr_t>(p) % bytes == 0;
 }
 
 // Flat when every present operand is contiguous in the logical order (bias: one row
