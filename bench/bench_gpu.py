@@ -476,56 +476,70 @@ SHARD_NOTES = ["global = the same local tensor with global_shape= and global_off
 # ----------------------------------------------------------------------------- (f) unroll sweep
 
 def bench_unroll(sizes, dtypes, reps):
-    op = getattr(torch.ops.dropout_ext, "_cuda_unroll", None) if hasattr(torch.ops, "dropout_ext") else None
-    if op is None:
-        return [], "unroll sweep skipped: torch.ops.dropout_ext._cuda_unroll is not in this build"
+    ops = torch.ops.dropout_ext if hasattr(torch.ops, "dropout_ext") else None
+    op = getattr(ops, "_cuda_unroll", None)
+    pers = getattr(ops, "_cuda_persistent", None)
+    if op is None or pers is None:
+        return [], "unroll sweep skipped: torch.ops.dropout_ext._cuda_unroll/_cuda_persistent are not in this build"
     try:
-        original = op(0)
+        original, original_pers = op(0), pers(-1)
     except Exception as e:  # noqa: BLE001 - report and go on
         return [], "unroll sweep skipped: _cuda_unroll(0) raised %s" % e
     rows = []
     try:
         for d in dtypes:
+            dt = DTYPES[d]
+            # the persistent grid applies to the 16-bit kernels only (kernels.cuh, PIPE)
+            grids = (0, 1) if es(dt) == 2 else (original_pers,)
+            variants = [(u, g) for u in (1, 2, 4) for g in grids]
             for n in sizes:
                 progress("unroll %s %s" % (d, log2name(n)))
-                dt = DTYPES[d]
                 x = torch.randn(n, dtype=dt, device=DEVICE)
                 y = torch.empty_like(x)
                 xr = x.detach().requires_grad_()
 
-                def plain(u):
+                def plain(u, g):
                     def run():
                         op(u)
+                        pers(g)
                         return F.dropout(x, P)
                     return run
 
-                def bits(u):
+                def bits(u, g):
                     def run():
                         op(u)
+                        pers(g)
                         return F.dropout(xr, P)
                     return with_storage("bits", run)
 
                 fns = {"copy_": lambda: y.copy_(x)}
-                for u in (1, 2, 4):
-                    fns["unroll %d" % u] = plain(u)
-                    fns["unroll %d +bits" % u] = bits(u)
+                for u, g in variants:
+                    fns["unroll %d grid %d" % (u, g)] = plain(u, g)
+                    fns["unroll %d grid %d +bits" % (u, g)] = bits(u, g)
                 m = measure(fns, reps)
                 bw_copy = 2 * n * es(dt) / m["copy_"]["dev"]
-                for u in (1, 2, 4):
-                    a, b = m["unroll %d" % u], m["unroll %d +bits" % u]
-                    rows.append({"dtype": d, "numel": log2name(n), "unroll": u, "dev us": us(a["dev"]),
+                for u, g in variants:
+                    a, b = m["unroll %d grid %d" % (u, g)], m["unroll %d grid %d +bits" % (u, g)]
+                    rows.append({"dtype": d, "numel": log2name(n), "unroll": u,
+                                 "grid": ("resident" if g else "cover") if es(dt) == 2 else "cover",
+                                 "dev us": us(a["dev"]),
                                  "wall us": us(a["wall"]), "BW vs copy_": ratio(2 * n * es(dt) / a["dev"], bw_copy, 3),
                                  "dev us +bits": us(b["dev"]), "wall us +bits": us(b["wall"]),
                                  "BW vs copy_ +bits": ratio((2 * n * es(dt) + n // 8) / b["dev"], bw_copy, 3),
-                                 "dev us copy_": us(m["copy_"]["dev"]), "default": u == original})
+                                 "dev us copy_": us(m["copy_"]["dev"]),
+                                 "default": u == original and g == original_pers})
                 del x, y, xr, fns
     finally:
         op(original)
-    return rows, "unroll = 8-element units per thread of the flat forward kernel (build default %d)" % original
+        pers(original_pers)
+    return rows, ("unroll = 8-element units per thread per iteration of the flat forward kernel (build default %d);"
+                  " grid (16-bit types, whose kernel loads one iteration ahead): 'resident' = only the blocks the"
+                  " GPU holds at once, each looping over the tensor (default), 'cover' = one block per"
+                  " 256 x unroll units" % original)
 
 
-UNROLL_COLUMNS = ["dtype", "numel", "unroll", "dev us", "wall us", "BW vs copy_", "dev us +bits", "wall us +bits",
-                  "BW vs copy_ +bits", "dev us copy_", "default"]
+UNROLL_COLUMNS = ["dtype", "numel", "unroll", "grid", "dev us", "wall us", "BW vs copy_", "dev us +bits",
+                  "wall us +bits", "BW vs copy_ +bits", "dev us copy_", "default"]
 
 
 # ----------------------------------------------------------------------------- (g) GPT-2

@@ -136,3 +136,64 @@ def test_shard_word_offsets(offset):
         got_contig = F.dropout(local.contiguous(), 0.4, **kw)
     assert_same_bits(got, ref)
     assert_same_bits(got_contig, ref)
+
+
+def _compare_backends(fn, x, grad=True):
+    """fn(x, seed=...) and its gradient on the Python backend and through the emulated CUDA
+    kernels, bit for bit, for both backward storages."""
+    for storage in ("bits", "seed"):
+        with storage_ctx(storage):
+            with backend_ctx("python"):
+                ref, ref_g = _run(x, fn, grad)
+            with backend_ctx("compiled"), cpu_isa_ctx("cuda-emu"):
+                out, g = _run(x, fn, grad)
+            assert_same_bits(out, ref)
+            if grad:
+                assert_same_bits(g, ref_g)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+def test_flat_grid_stride_loop(dtype):
+    """The emulator caps the flat grid at three blocks, so these contiguous tensors (more
+    than 3 * 256 * 4 units of 8) take several iterations of the grid-stride loop; the
+    16-bit ones through the pipelined kernel, whose loads run one iteration ahead. Every
+    op with contiguous operands, a tail unit, and forward unroll 1, 2 and 4."""
+    g = torch.Generator().manual_seed(11)
+    rows, cols = 131, 768
+    x = torch.randn(rows * cols + 5, generator=g, dtype=dtype)[:rows * cols - 3]
+    r = torch.randn(x.shape, generator=g, dtype=dtype)
+    x2, r2 = x[:rows * (cols - 8)].view(rows, cols - 8), r[:rows * (cols - 8)].view(rows, cols - 8)
+    b = torch.randn(cols - 8, generator=g, dtype=dtype)
+    _compare_backends(lambda t, **kw: F.dropout(t, 0.4, **kw), x)
+    _compare_backends(lambda t, **kw: F.alpha_dropout(t, 0.3, True, **kw), x)
+    _compare_backends(lambda t, **kw: F.dropout_add(t, r, 0.4, **kw), x)
+    _compare_backends(lambda t, **kw: F.bias_dropout_add(t, b, r2, 0.4, **kw), x2)
+    ops = dropout_ext._backend.compiled_ops()
+    with backend_ctx("python"):
+        want = F.dropout(x, 0.4, seed=SEED)
+    old_unroll, old_persistent = ops._cuda_unroll(0), ops._cuda_persistent(-1)
+    try:
+        for unroll in (1, 4):
+            for persistent in (0, 1):
+                ops._cuda_unroll(unroll)
+                ops._cuda_persistent(persistent)
+                with backend_ctx("compiled"), cpu_isa_ctx("cuda-emu"):
+                    assert_same_bits(F.dropout(x, 0.4, seed=SEED), want)
+    finally:
+        ops._cuda_unroll(old_unroll)
+        ops._cuda_persistent(old_persistent)
+
+
+@pytest.mark.parametrize("run", [1, 3, 7, 8, 9, 49, 196, 256, 3001])
+def test_flat_channel_wise_runs(run):
+    """A contiguous input of a channel-wise op reads its mask with the flat kernel, one bit
+    per run of `run` elements (groups that start inside a unit of 8, runs shorter than a
+    unit, a single run), forward from the drawn bits and backward from the saved ones."""
+    g = torch.Generator().manual_seed(run)
+    channels = max(2, 40_000 // run)
+    x1 = torch.randn(2, (channels + 1) // 2, run, generator=g)
+    _compare_backends(lambda t, **kw: F.dropout1d(t, 0.5, **kw), x1)
+    _compare_backends(lambda t, **kw: F.feature_alpha_dropout(t, 0.3, True, **kw), x1)
+    xp = torch.randn(max(2, 40_000 // (3 * run + 1)), 3 * run + 1, generator=g)
+    _compare_backends(lambda t, **kw: F.drop_path(t, 0.5, **kw), xp)
+    _compare_backends(lambda t, **kw: F.drop_path(t, 0.5, **kw), x1[:1].contiguous())  # one sample: one bit

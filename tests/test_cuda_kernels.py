@@ -93,13 +93,16 @@ def test_flat_kernel_work_sizes_and_bias_lengths(dtype):
     ops = _backend.compiled_ops()
     x = torch.randn(3 * 2**20 + 5, dtype=dtype)
     ref = F.dropout(x, 0.3, seed=2)
-    old = ops._cuda_unroll(0)
+    old, old_persistent = ops._cuda_unroll(0), ops._cuda_persistent(-1)
     try:
         for unroll in (1, 2, 4):
-            ops._cuda_unroll(unroll)
-            assert_same_bits(F.dropout(x.cuda(), 0.3, seed=2).cpu(), ref)
+            for persistent in (0, 1):  # 16-bit types: a grid covering the tensor, or the resident blocks
+                ops._cuda_unroll(unroll)
+                ops._cuda_persistent(persistent)
+                assert_same_bits(F.dropout(x.cuda(), 0.3, seed=2).cpu(), ref)
     finally:
         ops._cuda_unroll(old)
+        ops._cuda_persistent(old_persistent)
     for cols in (1, 3, 7, 8, 9, 768, 1000, 4099):
         rows = max(1, 50_000 // cols)
         xb = torch.randn(rows, cols, dtype=dtype)

@@ -1,9 +1,11 @@
 // The CUDA kernels (../cuda/kernels.cuh) run on the host, for the tests.
 //
 // Selected like a CPU path: `_cpu_isa("cuda-emu")` (tests/testing.py: CPU_ISAS_AND_EMU).
-// A launch runs the kernels' own code for every block and thread of the grid the CUDA
-// launcher would use. The flat kernel needs no barrier and runs its threads one after the
-// other. The tile kernel runs a block's kThreads threads as fibers (ucontext) that a
+// A launch runs the kernels' own code for every block and thread of its grid: the tile
+// kernel's grid is the one the CUDA launcher uses; the flat kernel's is capped at three
+// blocks (max_blocks), so that larger tensors go through its grid-stride loop, as the
+// persistent grid does on the GPU. The flat kernel needs no barrier and runs its threads
+// one after the other. The tile kernel runs a block's kThreads threads as fibers (ucontext) that a
 // scheduler resumes in turn up to each __syncthreads, so a barrier is complete when every
 // thread has reached it (OS threads at a real barrier under AddressSanitizer, which does
 // not follow fiber stacks), with the block's shared memory poisoned before each block. 16-byte vector accesses are checked for the alignment the GPU requires. So the
@@ -26,6 +28,8 @@
 #define DX_EMU_FIBERS 1
 #include <ucontext.h>
 #endif
+
+#include <torch/library.h>
 
 #include "../cuda/kernels.cuh"
 #include "../launch.h"
@@ -119,6 +123,12 @@ struct HostCtx {
     std::memcpy(static_cast<void*>(&u), p, sizeof(u));
     return u;
   }
+  Words load_words(const void* p) const {
+    if (!aligned(p, sizeof(Words))) err->fail("misaligned vector access");
+    Words w;
+    std::memcpy(static_cast<void*>(&w), p, sizeof(w));
+    return w;
+  }
   template <typename T>
   void store_unit(T* p, const Unit<T>& v) const {
     check(p);
@@ -128,10 +138,16 @@ struct HostCtx {
 
 struct HostLauncher {
   Errors err;
-  template <typename T, Op OP, bool FROM_BITS, int UNROLL>
-  void flat(int64_t blocks, const PassArgs& a, int64_t bias_len) {
+  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE>
+  void flat(int64_t blocks, const PassArgs& a, const FlatPlan& p) {
     for (int64_t b = 0; b < blocks; ++b)
-      for (int t = 0; t < kThreads; ++t) flat_body<T, OP, FROM_BITS, UNROLL>(HostCtx{t, b, blocks, nullptr, &err}, a, bias_len);
+      for (int t = 0; t < kThreads; ++t) flat_body<T, OP, FROM_BITS, UNROLL, PIPE>(HostCtx{t, b, blocks, nullptr, &err}, a, p);
+  }
+  // Three blocks, whatever the kernel: tensors of more than 3 * kThreads * UNROLL units run
+  // the grid-stride loop (several iterations per thread), smaller ones one iteration.
+  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE>
+  int64_t max_blocks(bool) {
+    return 3;
   }
 #if defined(DX_EMU_FIBERS)
   static thread_local Fibers* current;
@@ -194,14 +210,43 @@ struct HostLauncher {
 thread_local Fibers* HostLauncher::current = nullptr;
 #endif
 
+int64_t set_unroll(int64_t request) {
+  TORCH_CHECK(request == 0 || request == 1 || request == 2 || request == 4,
+              "dropout_ext: unroll must be 1, 2 or 4 (0 to query)");
+  if (request) flat_tuning().unroll = static_cast<int>(request);
+  return flat_tuning().unroll;
+}
+
+int64_t set_persistent(int64_t request) {
+  TORCH_CHECK(request >= -1 && request <= 1, "dropout_ext: persistent must be 0 or 1 (-1 to query)");
+  if (request >= 0) flat_tuning().persistent = request == 1;
+  return flat_tuning().persistent ? 1 : 0;
+}
+
 }  // namespace
+
+FlatTuning& flat_tuning() {
+  static FlatTuning t;
+  return t;
+}
+
 }  // namespace cuda
 
 void cuda_emulated_run_pass(PassArgs& a) {
   if (a.g.numel == 0) return;
   cuda::HostLauncher l;
-  cuda::run_pass(l, a, 2);
+  cuda::run_pass(l, a, cuda::flat_tuning());
   TORCH_CHECK(!l.err.bad.load(), "dropout_ext: CUDA kernel emulation: ", l.err.msg);
 }
 
 }  // namespace dropout_ext
+
+// The flat CUDA kernel's knobs (kernels.cuh, FlatTuning), for the GPU bench's sweep and the
+// tests; they apply to the GPU and to the emulator alike.
+TORCH_LIBRARY_FRAGMENT(dropout_ext, m) {
+  // Units of 8 elements per thread per iteration of the forward dropout: 1, 2 or 4; 0 queries.
+  m.def("_cuda_unroll(int request) -> int", &dropout_ext::cuda::set_unroll);
+  // Whether the 16-bit flat kernels that draw Philox run a grid of only the resident
+  // blocks (1) or one that covers the tensor (0); -1 queries.
+  m.def("_cuda_persistent(int request) -> int", &dropout_ext::cuda::set_persistent);
+}

@@ -8,7 +8,8 @@
 //
 // Everything a kernel takes from the hardware goes through a context `c`: c.tid(),
 // c.bid(), c.nblocks(), c.sync() (__syncthreads), c.atomic_or(), and c.load_unit() /
-// c.store_unit() for the 16-byte vector accesses (the emulator checks their alignment).
+// c.load_words() / c.store_unit() for the 16-byte vector accesses (the emulator checks
+// their alignment).
 // Shared memory is a struct the __global__ wrapper declares __shared__ and the emulator
 // allocates per block.
 //
@@ -19,9 +20,12 @@
 // Two kernels:
 //  - flat: every operand contiguous in the logical order (after index.h merged the dims),
 //    the common case. A thread takes UNROLL units of 8 consecutive elements (two Philox
-//    blocks, one byte of the bit mask, so no atomics), issues every load of its units
-//    before drawing, and uses 16-byte vector loads and stores. A bias of bias_dropout_add
-//    is indexed incrementally (no division per element).
+//    blocks, one byte of the bit mask, so no atomics) per iteration of a grid-stride loop,
+//    issues every load of its units before drawing, and uses 16-byte vector loads and
+//    stores. A bias of bias_dropout_add, and the mask bit of a channel-wise op read from
+//    bits (one bit per run of elements), are indexed incrementally (no division per
+//    element). 16-bit types, where the Philox rounds cost twice the time per byte, run a
+//    grid of only the resident blocks and load one iteration ahead (PIPE).
 //  - tile: any other layout. A block takes a tile of 2048 elements of the plane of the
 //    last dim D (where words advance) and the dim M the output is contiguous along. It
 //    issues the loads of its elements first, then draws the tile's keep bits along D (one
@@ -60,6 +64,37 @@ constexpr int kTilePerThread = kTileElems / kThreads;
 template <typename T>
 struct alignas(sizeof(T) * kUnit) Unit {
   T v[kUnit];
+};
+
+struct alignas(16) Words {
+  uint32_t v[4];
+};
+
+// A unit as a thread holds it from its load to its use. 16-bit elements stay packed in
+// 32-bit words until they are read: loaded as a Unit, they would be split into eight
+// registers right at the load (nvcc does), so the thread would wait there for its data,
+// before its Philox rounds, instead of at the first use after them (SASS: the PRMTs that
+// followed each 128-bit load).
+template <typename T, bool PACKED = sizeof(T) == 2>
+struct Held {
+  Unit<T> u;
+  template <class C>
+  DX_DEV void load(const C& c, const T* p) {
+    u = c.load_unit(p);
+  }
+  DX_DEV T operator[](int q) const { return u.v[q]; }
+};
+
+template <typename T>
+struct Held<T, true> {
+  Words w;
+  template <class C>
+  DX_DEV void load(const C& c, const T* p) {
+    w = c.load_words(p);
+  }
+  DX_DEV T operator[](int q) const {
+    return T(static_cast<uint16_t>(w.v[q >> 1] >> (16 * (q & 1))), T::from_bits());
+  }
 };
 
 template <class C>
@@ -166,8 +201,67 @@ DX_DEV T apply_one(const Factors<T>& f, bool keep, T x, T r, T b) {
 
 // ------------------------------------------------------------------------ flat kernel
 
-template <typename T, Op OP, bool FROM_BITS, int UNROLL, class C>
-DX_DEV void flat_body(const C& c, const PassArgs& a, int64_t bias_len) {
+// An element index against a divisor n (a bias row's length, or a channel-wise mask's
+// elements per bit): e = q * n + r. The kernel advances it by fixed steps that the host
+// split once (FlatPlan), so no thread divides per element.
+struct QR {
+  int64_t q = 0, r = 0;
+};
+
+DX_HOST_DEVICE QR split_qr(int64_t e, int64_t n) { return QR{e / n, e % n}; }
+
+DX_HOST_DEVICE void advance_qr(QR& p, const QR& d, int64_t n) {
+  p.q += d.q;
+  p.r += d.r;
+  if (p.r >= n) {
+    p.r -= n;
+    ++p.q;
+  }
+}
+
+// What the host tells the flat kernel beyond PassArgs.
+struct FlatPlan {
+  int64_t div = 1;     // bias_dropout_add: the bias row's length; group: elements per mask bit
+  bool group = false;  // bits_in holds one bit per `div` consecutive elements (channel-wise mask)
+  QR d_unit;           // kThreads * kUnit elements (a thread's next unit) split by div
+  QR d_step;           // the grid stride in elements split by div
+};
+
+// Keep bits of the 8 elements from position e on, one mask bit per n elements; bits past
+// the end of the mask (elements past numel in the last unit) read as 0.
+DX_DEV uint32_t group_keep8(const uint8_t* bits, int64_t nbits, QR e, int64_t n) {
+  if (e.r + kUnit <= n) return bit_at(bits, e.q) ? 0xFFu : 0u;  // one bit for the whole unit
+  uint32_t k = 0;
+  for (int q = 0; q < kUnit; ++q) {
+    if (e.q < nbits && bit_at(bits, e.q)) k |= 1u << q;
+    if (++e.r == n) {
+      e.r = 0;
+      ++e.q;
+    }
+  }
+  return k;
+}
+
+template <typename T, bool RES, int UNROLL, class C>
+DX_DEV void load_units(const C& c, const T* x, const T* res, int64_t u0, int64_t full, Held<T> (&xv)[UNROLL],
+                       Held<T> (&rv)[UNROLL]) {
+DX_UNROLL
+  for (int i = 0; i < UNROLL; ++i) {
+    const int64_t u = u0 + int64_t(i) * kThreads;
+    if (u < full) {
+      xv[i].load(c, x + u * kUnit);
+      if (RES) rv[i].load(c, res + u * kUnit);
+    }
+  }
+}
+
+// A grid-stride loop over units of 8 elements: in each iteration a thread takes UNROLL
+// units kThreads apart (coalesced). PIPE (the 16-bit types drawing Philox, where the rounds
+// cost more time per byte): the loads of the thread's next iteration are issued before
+// this one's Philox rounds, so that a grid of only the resident blocks keeps loads in
+// flight while it computes (the host caps the grid then: FlatPlan, run_planned).
+template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, class C>
+DX_DEV void flat_body(const C& c, const PassArgs& a, const FlatPlan& p) {
   constexpr bool kHasRes = OP == Op::DropoutAdd || OP == Op::BiasDropoutAdd;
   constexpr bool kHasBias = OP == Op::BiasDropoutAdd;
   constexpr bool kData = OP != Op::MaskOnly;
@@ -180,21 +274,20 @@ DX_DEV void flat_body(const C& c, const PassArgs& a, int64_t bias_len) {
   const T* res = static_cast<const T*>(a.residual);
   const T* bias = static_cast<const T*>(a.bias);
   T* out = static_cast<T*>(a.out);
+  const bool group = FROM_BITS && p.group;
+  const bool track = kHasBias || group;  // the position against p.div is followed
   const int64_t step = c.nblocks() * kThreads * UNROLL;
-  for (int64_t u0 = c.bid() * kThreads * UNROLL + c.tid(); u0 < units; u0 += step) {
-    Unit<T> xv[UNROLL], rv[UNROLL];
-    if (kData) {
-DX_UNROLL
-      for (int i = 0; i < UNROLL; ++i) {
-        const int64_t u = u0 + int64_t(i) * kThreads;
-        if (u < full) {
-          xv[i] = c.load_unit(x + u * kUnit);
-          if (kHasRes) rv[i] = c.load_unit(res + u * kUnit);
-        }
-      }
-    }
-    int64_t b0 = 0;  // bias index of the thread's first element; advanced, not divided
-    if (kHasBias) b0 = (u0 * kUnit) % bias_len;
+  int64_t u0 = c.bid() * kThreads * UNROLL + c.tid();
+  if (u0 >= units) return;
+  Held<T> xv[UNROLL], rv[UNROLL];
+  if (kData) load_units<T, kHasRes, UNROLL>(c, x, res, u0, full, xv, rv);
+  QR pos;  // of the thread's first element in this iteration
+  if (track) pos = split_qr(u0 * kUnit, p.div);
+  for (;;) {
+    const int64_t next = u0 + step;
+    Held<T> xn[UNROLL], rn[UNROLL];
+    if (PIPE && kData && next < units) load_units<T, kHasRes, UNROLL>(c, x, res, next, full, xn, rn);
+    QR pu = pos;
 DX_UNROLL
     for (int i = 0; i < UNROLL; ++i) {
       const int64_t u = u0 + int64_t(i) * kThreads;
@@ -202,14 +295,14 @@ DX_UNROLL
       const int valid = static_cast<int>(numel - u * kUnit < kUnit ? numel - u * kUnit : kUnit);
       uint32_t keep;
       if (FROM_BITS) {
-        keep = a.bits_in[u];
+        keep = group ? group_keep8(a.bits_in, a.nbits, pu, p.div) : a.bits_in[u];
       } else {
         keep = keep8(m, a.g.wbase + static_cast<uint64_t>(u * kUnit));
         if (valid < kUnit) keep &= (1u << valid) - 1u;
         if (a.bits_out) a.bits_out[u] = static_cast<uint8_t>(keep);
       }
       if (kData) {
-        int64_t bq = b0;
+        int64_t bq = pu.r;  // bias index of the unit's first element
         if (u < full) {
           Unit<T> ov;
 DX_UNROLL
@@ -217,9 +310,9 @@ DX_UNROLL
             T bv = T(0);
             if (kHasBias) {
               bv = bias[bq];
-              if (++bq == bias_len) bq = 0;
+              if (++bq == p.div) bq = 0;
             }
-            ov.v[q] = apply_one<T, OP>(f, (keep >> q) & 1u, xv[i].v[q], kHasRes ? rv[i].v[q] : T(0), bv);
+            ov.v[q] = apply_one<T, OP>(f, (keep >> q) & 1u, xv[i][q], kHasRes ? rv[i][q] : T(0), bv);
           }
           c.store_unit(out + u * kUnit, ov);
         } else {
@@ -227,19 +320,29 @@ DX_UNROLL
             T bv = T(0);
             if (kHasBias) {
               bv = bias[bq];
-              if (++bq == bias_len) bq = 0;
+              if (++bq == p.div) bq = 0;
             }
             const int64_t e = u * kUnit + q;
             out[e] = apply_one<T, OP>(f, (keep >> q) & 1u, x[e], kHasRes ? res[e] : T(0), bv);
           }
         }
       }
-      if (kHasBias) {
-        // next unit of this thread: kThreads * kUnit elements on (bias_len >= kUnit)
-        b0 += (int64_t(kThreads) * kUnit) % bias_len;
-        if (b0 >= bias_len) b0 -= bias_len;
+      if (track) advance_qr(pu, p.d_unit, p.div);
+    }
+    if (next >= units) return;
+    u0 = next;
+    if (kData) {
+      if (PIPE) {
+DX_UNROLL
+        for (int i = 0; i < UNROLL; ++i) {
+          xv[i] = xn[i];
+          if (kHasRes) rv[i] = rn[i];
+        }
+      } else {
+        load_units<T, kHasRes, UNROLL>(c, x, res, u0, full, xv, rv);
       }
     }
+    if (track) advance_qr(pos, p.d_step, p.div);
   }
 }
 
@@ -333,6 +436,7 @@ DX_DEV void tile_body(const C& c, const PassArgs& a, const TilePlan& t, TileShar
   // Row mode: the thread's own byte, 8 elements along D. Tile mode: 8 elements of the
   // tile at (ml, dl0 + i * dstep), lanes along M.
   T xs[kTilePerThread] = {}, rs[kTilePerThread] = {}, bs[kTilePerThread] = {};
+  Held<T> xh, rh, bh;  // row mode, vector accesses
   bool vec = false;
   int64_t roff[kOperands] = {};
   const int tm_mask = (1 << t.log_tm) - 1;
@@ -349,16 +453,17 @@ DX_UNROLL
         constexpr int64_t kUnitBytes = sizeof(Unit<T>);
         vec = contiguous && valid == 8 && aligned(x + roff[kX], kUnitBytes) && aligned(out + roff[kOut], kUnitBytes) &&
               (!kHasRes || aligned(res + roff[kRes], kUnitBytes)) && (!kHasBias || aligned(bias + roff[kBias], kUnitBytes));
-        if (vec) {
-          const Unit<T> xv = c.load_unit(x + roff[kX]);
-          Unit<T> rv, bv;
-          if (kHasRes) rv = c.load_unit(res + roff[kRes]);
-          if (kHasBias) bv = c.load_unit(bias + roff[kBias]);
+        if (vec) {  // 16-bit types: held packed until the apply below
+          xh.load(c, x + roff[kX]);
+          if (kHasRes) rh.load(c, res + roff[kRes]);
+          if (kHasBias) bh.load(c, bias + roff[kBias]);
+          if constexpr (sizeof(T) != 2) {
 DX_UNROLL
-          for (int q = 0; q < 8; ++q) {
-            xs[q] = xv.v[q];
-            rs[q] = kHasRes ? rv.v[q] : T(0);
-            bs[q] = kHasBias ? bv.v[q] : T(0);
+            for (int q = 0; q < 8; ++q) {
+              xs[q] = xh[q];
+              rs[q] = kHasRes ? rh[q] : T(0);
+              bs[q] = kHasBias ? bh[q] : T(0);
+            }
           }
         } else {
 DX_UNROLL
@@ -416,7 +521,12 @@ DX_UNROLL
     if (vec) {
       Unit<T> ov;
 DX_UNROLL
-      for (int q = 0; q < 8; ++q) ov.v[q] = apply_one<T, OP>(f, (keep >> q) & 1u, xs[q], rs[q], bs[q]);
+      for (int q = 0; q < 8; ++q) {
+        if constexpr (sizeof(T) == 2)
+          ov.v[q] = apply_one<T, OP>(f, (keep >> q) & 1u, xh[q], kHasRes ? rh[q] : T(0), kHasBias ? bh[q] : T(0));
+        else
+          ov.v[q] = apply_one<T, OP>(f, (keep >> q) & 1u, xs[q], rs[q], bs[q]);
+      }
       c.store_unit(out + roff[kOut], ov);
       return;
     }
@@ -453,9 +563,10 @@ inline int64_t blocks_for(int64_t work, int64_t per_block) {
 }
 
 // Flat when every present operand is contiguous in the logical order (bias: one row
-// repeated, contiguous), words and bits advance by one per element and the pointers allow
-// Unit loads.
-inline bool flat_plan(const PassArgs& a, int64_t elem, int64_t* bias_len) {
+// repeated, contiguous), the pointers allow Unit loads, and either words and bits advance
+// by one per element or (reading bits) the mask is channel-wise: one bit per run of
+// consecutive elements. Fills the plan's divisor (bias row or run length).
+inline bool flat_plan(const PassArgs& a, int64_t elem, FlatPlan* p) {
   const Geometry& g = a.g;
   const bool res = a.op == Op::DropoutAdd || a.op == Op::BiasDropoutAdd;
   const bool bias = a.op == Op::BiasDropoutAdd;
@@ -463,16 +574,30 @@ inline bool flat_plan(const PassArgs& a, int64_t elem, int64_t* bias_len) {
   const int64_t unit_bytes = elem * kUnit;
   if (!aligned(a.x, unit_bytes) || !aligned(a.out, unit_bytes) || (res && !aligned(a.residual, unit_bytes)))
     return false;
-  auto unit_strides = [&](int d, int64_t s) {
+  auto data_strides = [&](int d, int64_t s) {
     if (data && (g.stride[kOut][d] != s || g.stride[kX][d] != s)) return false;
-    if (res && g.stride[kRes][d] != s) return false;
-    return g.bstride[d] == s && (a.bits_in || g.wstride[d] == s);
+    return !res || g.stride[kRes][d] == s;
   };
-  *bias_len = 1;
-  if (g.ndim == 1) return !bias && unit_strides(0, 1);
+  auto unit_strides = [&](int d, int64_t s) {
+    return data_strides(d, s) && g.bstride[d] == s && (a.bits_in || g.wstride[d] == s);
+  };
+  p->div = 1;
+  p->group = false;
+  if (g.ndim == 1 && !bias && unit_strides(0, 1)) return true;
   if (g.ndim == 2 && bias && g.stride[kBias][1] == 1 && g.stride[kBias][0] == 0) {
-    *bias_len = g.size[1];
+    p->div = g.size[1];
     return unit_strides(1, 1) && unit_strides(0, g.size[1]);
+  }
+  if (a.bits_in && !bias && data) {  // channel-wise bits: one per run of p->div elements
+    p->group = true;
+    if (g.ndim == 1 && g.bstride[0] == 0 && data_strides(0, 1)) {
+      p->div = g.size[0];
+      return true;
+    }
+    if (g.ndim == 2 && g.bstride[0] == 1 && g.bstride[1] == 0 && data_strides(1, 1) && data_strides(0, g.size[1])) {
+      p->div = g.size[1];
+      return true;
+    }
   }
   return false;
 }
@@ -518,27 +643,48 @@ inline TilePlan tile_plan(const Geometry& g) {
   return t;
 }
 
+// Knobs of the flat kernel, for the bench's sweep (bench_gpu.py) and the tests.
+struct FlatTuning {
+  int unroll = 2;         // units per thread per iteration of the forward dropout (1, 2 or 4)
+  bool persistent = true; // PIPE kernels: a grid of only the resident blocks
+};
+
+// The process's knobs, shared by the GPU launcher and the emulator (cuda_emulation.cpp,
+// which registers the ops that set them: _cuda_unroll, _cuda_persistent).
+FlatTuning& flat_tuning();
+
+// Launches the flat kernel with UNROLL units per thread. The grid covers the tensor
+// (one iteration per thread), except for PIPE kernels when tuning.persistent is set, and
+// wherever the launcher caps it (L::max_blocks: the resident blocks on the GPU; a few
+// blocks in the emulator, so that the tests run the grid-stride loop).
+template <class L, typename T, Op OP, bool FROM_BITS, int UNROLL>
+void launch_flat(L& l, const PassArgs& a, FlatPlan p, const FlatTuning& tune) {
+  constexpr bool kPipe = sizeof(T) == 2 && !FROM_BITS && OP != Op::MaskOnly;
+  const int64_t units = (a.g.numel + kUnit - 1) / kUnit;
+  const int64_t blocks = std::min(blocks_for(units, kThreads * UNROLL),
+                                  l.template max_blocks<T, OP, FROM_BITS, UNROLL, kPipe>(kPipe && tune.persistent));
+  p.d_unit = split_qr(int64_t(kThreads) * kUnit, p.div);
+  p.d_step = split_qr(blocks * kThreads * UNROLL * kUnit, p.div);
+  l.template flat<T, OP, FROM_BITS, UNROLL, kPipe>(blocks, a, p);
+}
+
 // Plans and launches a pass (numel > 0) through a launcher L, which provides
-//   L::flat<T, OP, FROM_BITS, UNROLL>(blocks, a, bias_len)
+//   L::flat<T, OP, FROM_BITS, UNROLL, PIPE>(blocks, a, plan)
+//   L::max_blocks<T, OP, FROM_BITS, UNROLL, PIPE>(persistent): a cap on the flat grid
 //   L::tile<T, OP>(blocks, a, plan)
 //   L::zero(bits, bytes)
-// `unroll` (1, 2 or 4) is the flat forward dropout's units per thread; every other op
+// tuning.unroll (1, 2 or 4) is the flat forward dropout's units per thread; every other op
 // uses 2.
 template <class L, typename T, Op OP>
-void run_planned(L& l, const PassArgs& a, int unroll) {
-  int64_t bias_len = 1;
-  if (flat_plan(a, sizeof(T), &bias_len)) {
-    const int64_t units = (a.g.numel + kUnit - 1) / kUnit;
-    if (a.bits_in) {
-      l.template flat<T, OP, true, 2>(blocks_for(units, kThreads * 2), a, bias_len);
-      return;
-    }
+void run_planned(L& l, const PassArgs& a, const FlatTuning& tune) {
+  FlatPlan p;
+  if (flat_plan(a, sizeof(T), &p)) {
+    if (a.bits_in) return launch_flat<L, T, OP, true, 2>(l, a, p, tune);
     if constexpr (OP == Op::Dropout) {
-      if (unroll == 1) return l.template flat<T, OP, false, 1>(blocks_for(units, kThreads), a, bias_len);
-      if (unroll == 4) return l.template flat<T, OP, false, 4>(blocks_for(units, kThreads * 4), a, bias_len);
+      if (tune.unroll == 1) return launch_flat<L, T, OP, false, 1>(l, a, p, tune);
+      if (tune.unroll == 4) return launch_flat<L, T, OP, false, 4>(l, a, p, tune);
     }
-    l.template flat<T, OP, false, 2>(blocks_for(units, kThreads * 2), a, bias_len);
-    return;
+    return launch_flat<L, T, OP, false, 2>(l, a, p, tune);
   }
   const TilePlan t = tile_plan(a.g);
   // Rows that do not start on a byte share bytes: their bits are ORed into zeroed memory.
@@ -549,25 +695,25 @@ void run_planned(L& l, const PassArgs& a, int unroll) {
 }
 
 template <class L, typename T>
-void run_op(L& l, const PassArgs& a, int unroll) {
+void run_op(L& l, const PassArgs& a, const FlatTuning& tune) {
   switch (a.op) {
-    case Op::Dropout: return run_planned<L, T, Op::Dropout>(l, a, unroll);
-    case Op::DropoutAdd: return run_planned<L, T, Op::DropoutAdd>(l, a, unroll);
-    case Op::BiasDropoutAdd: return run_planned<L, T, Op::BiasDropoutAdd>(l, a, unroll);
-    case Op::Alpha: return run_planned<L, T, Op::Alpha>(l, a, unroll);
-    case Op::MaskOnly: return run_planned<L, T, Op::MaskOnly>(l, a, unroll);
+    case Op::Dropout: return run_planned<L, T, Op::Dropout>(l, a, tune);
+    case Op::DropoutAdd: return run_planned<L, T, Op::DropoutAdd>(l, a, tune);
+    case Op::BiasDropoutAdd: return run_planned<L, T, Op::BiasDropoutAdd>(l, a, tune);
+    case Op::Alpha: return run_planned<L, T, Op::Alpha>(l, a, tune);
+    case Op::MaskOnly: return run_planned<L, T, Op::MaskOnly>(l, a, tune);
   }
 }
 
 // The whole pass for numel > 0: loop plan (index.h), then the kernel for the dtype.
 template <class L>
-void run_pass(L& l, PassArgs& a, int unroll) {
+void run_pass(L& l, PassArgs& a, const FlatTuning& tune) {
   plan_loops(a.g, 8);
   switch (a.dtype) {
-    case DType::Float16: return run_op<L, at::Half>(l, a, unroll);
-    case DType::BFloat16: return run_op<L, at::BFloat16>(l, a, unroll);
-    case DType::Float32: return run_op<L, float>(l, a, unroll);
-    case DType::Float64: return run_op<L, double>(l, a, unroll);
+    case DType::Float16: return run_op<L, at::Half>(l, a, tune);
+    case DType::BFloat16: return run_op<L, at::BFloat16>(l, a, tune);
+    case DType::Float32: return run_op<L, float>(l, a, tune);
+    case DType::Float64: return run_op<L, double>(l, a, tune);
   }
 }
 

@@ -14,7 +14,6 @@ namespace dropout_ext {
 namespace cuda {
 namespace {
 
-int g_unroll = 2;  // flat kernel units per thread for the forward dropout (bench: _cuda_unroll)
 
 // What a kernel body takes from the hardware (kernels.cuh).
 struct DeviceCtx {
@@ -27,6 +26,7 @@ struct DeviceCtx {
   __device__ __forceinline__ Unit<T> load_unit(const T* p) const {
     return *reinterpret_cast<const Unit<T>*>(p);
   }
+  __device__ __forceinline__ Words load_words(const void* p) const { return *reinterpret_cast<const Words*>(p); }
   template <typename T>
   __device__ __forceinline__ void store_unit(T* p, const Unit<T>& v) const {
     *reinterpret_cast<Unit<T>*>(p) = v;
@@ -35,9 +35,9 @@ struct DeviceCtx {
 
 __global__ void rng_kernel(const PassArgs a) { resolve_mask(DeviceCtx(), a); }
 
-template <typename T, Op OP, bool FROM_BITS, int UNROLL>
-__global__ void __launch_bounds__(kThreads) flat_kernel(const PassArgs a, int64_t bias_len) {
-  flat_body<T, OP, FROM_BITS, UNROLL>(DeviceCtx(), a, bias_len);
+template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE>
+__global__ void __launch_bounds__(kThreads) flat_kernel(const PassArgs a, const FlatPlan p) {
+  flat_body<T, OP, FROM_BITS, UNROLL, PIPE>(DeviceCtx(), a, p);
 }
 
 template <typename T, Op OP>
@@ -48,10 +48,23 @@ __global__ void __launch_bounds__(kThreads) tile_kernel(const PassArgs a, const 
 
 struct CudaLauncher {
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  template <typename T, Op OP, bool FROM_BITS, int UNROLL>
-  void flat(int64_t blocks, const PassArgs& a, int64_t bias_len) {
-    flat_kernel<T, OP, FROM_BITS, UNROLL><<<blocks, kThreads, 0, stream>>>(a, bias_len);
+  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE>
+  void flat(int64_t blocks, const PassArgs& a, const FlatPlan& p) {
+    flat_kernel<T, OP, FROM_BITS, UNROLL, PIPE><<<blocks, kThreads, 0, stream>>>(a, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  // Persistent: as many blocks as the device holds at once (occupancy of this kernel,
+  // asked once per kernel, times the multiprocessors).
+  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE>
+  int64_t max_blocks(bool persistent) {
+    if (!persistent) return int64_t(1) << 30;
+    static const int per_sm = [] {
+      int n = 0;
+      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, flat_kernel<T, OP, FROM_BITS, UNROLL, PIPE>,
+                                                                   kThreads, 0));
+      return std::max(n, 1);
+    }();
+    return int64_t(per_sm) * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
   }
   template <typename T, Op OP>
   void tile(int64_t blocks, const PassArgs& a, const TilePlan& t) {
@@ -60,13 +73,6 @@ struct CudaLauncher {
   }
   void zero(uint8_t* bits, int64_t bytes) { C10_CUDA_CHECK(cudaMemsetAsync(bits, 0, bytes, stream)); }
 };
-
-int64_t cuda_unroll(int64_t request) {
-  TORCH_CHECK(request == 0 || request == 1 || request == 2 || request == 4,
-              "dropout_ext: unroll must be 1, 2 or 4 (0 to query)");
-  if (request) g_unroll = static_cast<int>(request);
-  return g_unroll;
-}
 
 }  // namespace
 }  // namespace cuda
@@ -81,7 +87,7 @@ void cuda_run_pass(PassArgs& a) {
     return;
   }
   cuda::CudaLauncher l;
-  cuda::run_pass(l, a, cuda::g_unroll);
+  cuda::run_pass(l, a, cuda::flat_tuning());
 }
 
 void cuda_draw_rng(const std::optional<at::Generator>& gen, const at::Device& device, PassArgs& a) {
@@ -104,8 +110,3 @@ void cuda_draw_rng(const std::optional<at::Generator>& gen, const at::Device& de
 }
 
 }  // namespace dropout_ext
-
-TORCH_LIBRARY_FRAGMENT(dropout_ext, m) {
-  // The flat kernel's units per thread for the forward dropout (bench sweep); 0 queries.
-  m.def("_cuda_unroll(int request) -> int", &dropout_ext::cuda::cuda_unroll);
-}
