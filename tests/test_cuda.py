@@ -150,8 +150,9 @@ def test_cpu_generator_for_gpu_input_rejected():
     assert torch.equal(x, before)
 
 
-def test_cuda_graph_replays_draw_fresh_masks_and_manual_seed_reproduces():
-    x = torch.randn(1 << 16, device="cuda")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)  # bfloat16: the persistent kernel
+def test_cuda_graph_replays_draw_fresh_masks_and_manual_seed_reproduces(dtype):
+    x = torch.randn(1 << 20, device="cuda", dtype=dtype)
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):

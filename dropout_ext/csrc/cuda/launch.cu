@@ -58,13 +58,17 @@ struct CudaLauncher {
   template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE>
   int64_t max_blocks(bool persistent) {
     if (!persistent) return int64_t(1) << 30;
-    static const int per_sm = [] {
+    const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
+    static const int per_sm = [prop] {
       int n = 0;
-      C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, flat_kernel<T, OP, FROM_BITS, UNROLL, PIPE>,
-                                                                   kThreads, 0));
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, flat_kernel<T, OP, FROM_BITS, UNROLL, PIPE>, kThreads, 0) !=
+          cudaSuccess) {
+        (void)cudaGetLastError();  // a query only: fall back to the thread limit
+        n = prop->maxThreadsPerMultiProcessor / kThreads;
+      }
       return std::max(n, 1);
     }();
-    return int64_t(per_sm) * at::cuda::getCurrentDeviceProperties()->multiProcessorCount;
+    return int64_t(per_sm) * prop->multiProcessorCount;
   }
   template <typename T, Op OP>
   void tile(int64_t blocks, const PassArgs& a, const TilePlan& t) {
