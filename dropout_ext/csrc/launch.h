@@ -19,10 +19,17 @@ void cpu_draw_rng(const std::optional<at::Generator>& gen, MaskParams& m);
 // The CUDA kernels run on the host by an emulator (cpu/cuda_emulation.cpp), for tests:
 // the CPU path "cuda-emu" of _cpu_isa.
 void cuda_emulated_run_pass(PassArgs& a);
+// A channel-wise pass that draws its mask words (per leading-dims index) in the data pass
+// itself, writing the per-channel bits to bits_out when set: true when the backend ran it
+// (the CUDA flat kernel, for contiguous inputs with runs of at least 8 elements), false
+// when the caller must draw the reduced mask first and pass it as bits_in. numel > 0.
+bool cpu_try_channel_pass(PassArgs& a);
+bool cuda_emulated_try_channel_pass(PassArgs& a);
 
 #ifdef DROPOUT_EXT_WITH_CUDA
 // Launches the pass on the current stream of the current device.
 void cuda_run_pass(PassArgs& a);
+bool cuda_try_channel_pass(PassArgs& a);
 // (key, base) = (seed, offset) of the CUDA generator's Philox state, offset advanced by 4
 // (torch.cuda's own increment unit). Under graph capture they are read by the kernel from
 // the generator's device state, so each replay draws a fresh mask.

@@ -195,6 +195,15 @@ void set_rng(PassArgs& a, const Call& c, Tensor* saved_rng) {
   }
 }
 
+bool try_channel_pass(PassArgs& a, const at::Device& device) {
+  if (a.g.numel == 0) return false;
+  if (device.is_cpu()) return cpu_try_channel_pass(a);
+#ifdef DROPOUT_EXT_WITH_CUDA
+  if (device.is_cuda()) return cuda_try_channel_pass(a);
+#endif
+  return false;
+}
+
 void run_pass(PassArgs& a, const at::Device& device) {
   if (a.g.numel == 0 && !a.rng_out) return;
   if (device.is_cpu()) return cpu_run_pass(a);
@@ -280,7 +289,13 @@ void run_data(PassArgs a, const Call& c, const Tensor& out, uint8_t* bits_out, c
   const int64_t words = mask_words(input, c.lead);
   Tensor scratch;
   if (!bits_in && c.lead < input.dim()) {
-    // Channel-wise: draw the (small) mask of words first, then stream the data from it.
+    // Channel-wise: in one pass where the backend can (CUDA, contiguous input) ...
+    PassArgs one = a;
+    one.bits_out = bits_out;
+    one.nbits = words;
+    one.op = c.op;
+    if (describe(one, c, out, input, c.residual, c.bias) && try_channel_pass(one, input.device())) return;
+    // ... else draw the (small) mask of words first, then stream the data from it.
     uint8_t* bits = bits_out;
     if (!bits) {
       scratch = bit_buffer(words, input.options());

@@ -141,14 +141,15 @@ struct HostCtx {
 
 struct HostLauncher {
   Errors err;
-  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE>
+  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, bool GROUP>
   void flat(int64_t blocks, const PassArgs& a, const FlatPlan& p) {
     for (int64_t b = 0; b < blocks; ++b)
-      for (int t = 0; t < kThreads; ++t) flat_body<T, OP, FROM_BITS, UNROLL, PIPE>(HostCtx{t, b, blocks, nullptr, &err}, a, p);
+      for (int t = 0; t < kThreads; ++t)
+        flat_body<T, OP, FROM_BITS, UNROLL, PIPE, GROUP>(HostCtx{t, b, blocks, nullptr, &err}, a, p);
   }
   // Three blocks, whatever the kernel: tensors of more than 3 * kThreads * UNROLL units run
   // the grid-stride loop (several iterations per thread), smaller ones one iteration.
-  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE>
+  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, bool GROUP>
   int64_t max_blocks(bool) {
     return 3;
   }
@@ -234,6 +235,13 @@ FlatTuning& flat_tuning() {
 }
 
 }  // namespace cuda
+
+bool cuda_emulated_try_channel_pass(PassArgs& a) {
+  cuda::HostLauncher l;
+  const bool ran = cuda::try_channel_pass(l, a, cuda::flat_tuning());
+  TORCH_CHECK(!l.err.bad.load(), "dropout_ext: CUDA kernel emulation: ", l.err.msg);
+  return ran;
+}
 
 void cuda_emulated_run_pass(PassArgs& a) {
   if (a.g.numel == 0) return;

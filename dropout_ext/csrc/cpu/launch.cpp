@@ -63,6 +63,14 @@ std::vector<std::string> cpu_isas_supported() {
 }  // namespace
 }  // namespace cpu
 
+bool cpu_try_channel_pass(PassArgs& a) {
+  // The CPU engine draws the reduced mask in a pass of its own; the emulated CUDA kernels
+  // may fuse it.
+  using namespace cpu;
+  if (static_cast<Isa>(isa_slot().load()) == Isa::CudaEmu) return cuda_emulated_try_channel_pass(a);
+  return false;
+}
+
 void cpu_run_pass(PassArgs& a) {
   using namespace cpu;
   if (a.g.numel == 0) return;

@@ -222,7 +222,8 @@ DX_HOST_DEVICE void advance_qr(QR& p, const QR& d, int64_t n) {
 // What the host tells the flat kernel beyond PassArgs.
 struct FlatPlan {
   int64_t div = 1;     // bias_dropout_add: the bias row's length; group: elements per mask bit
-  bool group = false;  // bits_in holds one bit per `div` consecutive elements (channel-wise mask)
+  bool group = false;  // channel-wise: one mask word (drawn) or bit (bits_in) per `div` consecutive
+                       // elements; drawn only when div >= kUnit (a unit spans at most two runs)
   QR d_unit;           // kThreads * kUnit elements (a thread's next unit) split by div
   QR d_step;           // the grid stride in elements split by div
 };
@@ -240,6 +241,30 @@ DX_DEV uint32_t group_keep8(const uint8_t* bits, int64_t nbits, QR e, int64_t n)
     }
   }
   return k;
+}
+
+// Channel-wise, drawn: keep bits of the 8 elements from position e on, word wbase + run
+// index, runs of n >= 8 elements (so the unit spans at most two runs).
+DX_DEV uint32_t group_draw8(const MaskParams& m, uint64_t wbase, QR e, int64_t n) {
+  const uint32_t k0 = keep_element(m, wbase + static_cast<uint64_t>(e.q)) ? 0xFFu : 0u;
+  if (e.r + kUnit <= n) return k0;
+  const uint32_t first = (1u << (n - e.r)) - 1u;  // the elements left in run e.q
+  const uint32_t k1 = keep_element(m, wbase + static_cast<uint64_t>(e.q) + 1) ? 0xFFu : 0u;
+  return (k0 & first) | (k1 & ~first & 0xFFu);
+}
+
+// Channel-wise, drawn, bits saved: the thread whose unit holds the first element of run q,
+// q a multiple of 8, writes the mask byte of runs q .. q+7 (one writer per byte: plain
+// stores, no zeroing).
+DX_DEV void group_bits_out(const MaskParams& m, uint64_t wbase, uint8_t* bits, int64_t nbits, QR e, int64_t n) {
+  int64_t q;
+  if (e.r == 0) q = e.q;
+  else if (n - e.r < kUnit) q = e.q + 1;  // the next run starts inside this unit
+  else return;
+  if ((q & 7) != 0 || q >= nbits) return;
+  uint32_t byte = keep8(m, wbase + static_cast<uint64_t>(q));
+  if (nbits - q < 8) byte &= (1u << (nbits - q)) - 1u;
+  bits[q >> 3] = static_cast<uint8_t>(byte);
 }
 
 template <typename T, bool RES, int UNROLL, class C>
@@ -260,7 +285,10 @@ DX_UNROLL
 // cost more time per byte): the loads of the thread's next iteration are issued before
 // this one's Philox rounds, so that a grid of only the resident blocks keeps loads in
 // flight while it computes (the host caps the grid then: FlatPlan, run_planned).
-template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, class C>
+//
+// GROUP (drawing only): the channel-wise mask is drawn here, one word per run (a kernel of
+// its own, so that the element-wise kernels keep their registers).
+template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, bool GROUP, class C>
 DX_DEV void flat_body(const C& c, const PassArgs& a, const FlatPlan& p) {
   constexpr bool kHasRes = OP == Op::DropoutAdd || OP == Op::BiasDropoutAdd;
   constexpr bool kHasBias = OP == Op::BiasDropoutAdd;
@@ -274,7 +302,7 @@ DX_DEV void flat_body(const C& c, const PassArgs& a, const FlatPlan& p) {
   const T* res = static_cast<const T*>(a.residual);
   const T* bias = static_cast<const T*>(a.bias);
   T* out = static_cast<T*>(a.out);
-  const bool group = FROM_BITS && p.group;
+  const bool group = FROM_BITS ? p.group : GROUP;  // channel-wise (never with a bias)
   const bool track = kHasBias || group;  // the position against p.div is followed
   const int64_t step = c.nblocks() * kThreads * UNROLL;
   int64_t u0 = c.bid() * kThreads * UNROLL + c.tid();
@@ -296,6 +324,10 @@ DX_UNROLL
       uint32_t keep;
       if (FROM_BITS) {
         keep = group ? group_keep8(a.bits_in, a.nbits, pu, p.div) : a.bits_in[u];
+      } else if (GROUP) {
+        keep = group_draw8(m, a.g.wbase, pu, p.div);
+        if (valid < kUnit) keep &= (1u << valid) - 1u;
+        if (a.bits_out) group_bits_out(m, a.g.wbase, a.bits_out, a.nbits, pu, p.div);
       } else {
         keep = keep8(m, a.g.wbase + static_cast<uint64_t>(u * kUnit));
         if (valid < kUnit) keep &= (1u << valid) - 1u;
@@ -588,15 +620,17 @@ inline bool flat_plan(const PassArgs& a, int64_t elem, FlatPlan* p) {
     p->div = g.size[1];
     return unit_strides(1, 1) && unit_strides(0, g.size[1]);
   }
-  if (a.bits_in && !bias && data) {  // channel-wise bits: one per run of p->div elements
+  // Channel-wise: one bit (read) or word (drawn) per run of p->div elements.
+  if (!bias && data) {
     p->group = true;
-    if (g.ndim == 1 && g.bstride[0] == 0 && data_strides(0, 1)) {
+    if (g.ndim == 1 && g.bstride[0] == 0 && (a.bits_in || g.wstride[0] == 0) && data_strides(0, 1)) {
       p->div = g.size[0];
-      return true;
+      return a.bits_in || p->div >= kUnit;
     }
-    if (g.ndim == 2 && g.bstride[0] == 1 && g.bstride[1] == 0 && data_strides(1, 1) && data_strides(0, g.size[1])) {
+    if (g.ndim == 2 && g.bstride[0] == 1 && g.bstride[1] == 0 && (a.bits_in || (g.wstride[0] == 1 && g.wstride[1] == 0)) &&
+        data_strides(1, 1) && data_strides(0, g.size[1])) {
       p->div = g.size[1];
-      return true;
+      return a.bits_in || p->div >= kUnit;
     }
   }
   return false;
@@ -657,20 +691,21 @@ FlatTuning& flat_tuning();
 // (one iteration per thread), except for PIPE kernels when tuning.persistent is set, and
 // wherever the launcher caps it (L::max_blocks: the resident blocks on the GPU; a few
 // blocks in the emulator, so that the tests run the grid-stride loop).
-template <class L, typename T, Op OP, bool FROM_BITS, int UNROLL>
+template <class L, typename T, Op OP, bool FROM_BITS, int UNROLL, bool GROUP = false>
 void launch_flat(L& l, const PassArgs& a, FlatPlan p, const FlatTuning& tune) {
   constexpr bool kPipe = sizeof(T) == 2 && !FROM_BITS && OP != Op::MaskOnly;
   const int64_t units = (a.g.numel + kUnit - 1) / kUnit;
-  const int64_t blocks = std::min(blocks_for(units, kThreads * UNROLL),
-                                  l.template max_blocks<T, OP, FROM_BITS, UNROLL, kPipe>(kPipe && tune.persistent));
+  const int64_t blocks = std::min(
+      blocks_for(units, kThreads * UNROLL),
+      l.template max_blocks<T, OP, FROM_BITS, UNROLL, kPipe, GROUP>(kPipe && tune.persistent));
   p.d_unit = split_qr(int64_t(kThreads) * kUnit, p.div);
   p.d_step = split_qr(blocks * kThreads * UNROLL * kUnit, p.div);
-  l.template flat<T, OP, FROM_BITS, UNROLL, kPipe>(blocks, a, p);
+  l.template flat<T, OP, FROM_BITS, UNROLL, kPipe, GROUP>(blocks, a, p);
 }
 
 // Plans and launches a pass (numel > 0) through a launcher L, which provides
-//   L::flat<T, OP, FROM_BITS, UNROLL, PIPE>(blocks, a, plan)
-//   L::max_blocks<T, OP, FROM_BITS, UNROLL, PIPE>(persistent): a cap on the flat grid
+//   L::flat<T, OP, FROM_BITS, UNROLL, PIPE, GROUP>(blocks, a, plan)
+//   L::max_blocks<T, OP, FROM_BITS, UNROLL, PIPE, GROUP>(persistent): a cap on the flat grid
 //   L::tile<T, OP>(blocks, a, plan)
 //   L::zero(bits, bytes)
 // tuning.unroll (1, 2 or 4) is the flat forward dropout's units per thread; every other op
@@ -680,6 +715,10 @@ void run_planned(L& l, const PassArgs& a, const FlatTuning& tune) {
   FlatPlan p;
   if (flat_plan(a, sizeof(T), &p)) {
     if (a.bits_in) return launch_flat<L, T, OP, true, 2>(l, a, p, tune);
+    if (p.group) {  // drawn channel-wise: only from try_channel_pass, for the ops that have it
+      if constexpr (OP == Op::Dropout || OP == Op::Alpha) return launch_flat<L, T, OP, false, 2, true>(l, a, p, tune);
+      TORCH_CHECK(false, "dropout_ext: no channel-wise kernel for this op");
+    }
     if constexpr (OP == Op::Dropout) {
       if (tune.unroll == 1) return launch_flat<L, T, OP, false, 1>(l, a, p, tune);
       if (tune.unroll == 4) return launch_flat<L, T, OP, false, 4>(l, a, p, tune);
@@ -715,6 +754,19 @@ void run_pass(L& l, PassArgs& a, const FlatTuning& tune) {
     case DType::Float32: return run_op<L, float>(l, a, tune);
     case DType::Float64: return run_op<L, double>(l, a, tune);
   }
+}
+
+// A channel-wise pass that draws its own mask words (launch.h): run when the flat kernel
+// takes it, else false (the caller then draws the reduced mask in a pass of its own).
+template <class L>
+bool try_channel_pass(L& l, PassArgs& a, const FlatTuning& tune) {
+  if (a.g.numel == 0 || a.bits_in || (a.op != Op::Dropout && a.op != Op::Alpha)) return false;
+  plan_loops(a.g, 8);
+  static constexpr int64_t kElem[] = {2, 2, 4, 8};  // DType order
+  FlatPlan p;
+  if (!flat_plan(a, kElem[static_cast<int>(a.dtype)], &p) || !p.group) return false;
+  run_pass(l, a, tune);
+  return true;
 }
 
 }  // namespace cuda
