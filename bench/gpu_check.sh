@@ -8,7 +8,9 @@
 #
 # Environment: OUT, PYTHON (default python3), GPU_CHECK_SECONDS (whole run, default 360),
 # PTXAS_VERBOSE=0 (skip -Xptxas -v), BENCH_ARGS (extra arguments for bench/bench_gpu.py,
-# e.g. "--quick"). Each stage runs under `timeout`, sized to leave room for the next ones.
+# e.g. "--quick" or "--only per_call,backward"), GPU_CHECK_TESTS=0 (skip the tests, for a
+# rerun that only measures). Each stage runs under `timeout`, sized to leave room for the
+# next ones.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
@@ -52,25 +54,35 @@ fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 $PY -c "import dropout_ext, torch; print('== backends', dropout_ext.compiled_backends(), torch.cuda.get_device_name())" || exit 1
 
+test_rc=0
+if [ "${GPU_CHECK_TESTS:-1}" != "0" ]; then
 echo "== CUDA tests (log: $OUTDIR/tests.log)"
 t0=$(date +%s)
-# torch.compile's first compile on a fresh machine takes about a minute: those tests run
-# last, in a stage of their own, so that a timeout there cannot hide the kernel tests.
-T=$(clamp $(( $(left) - 200 )) 60 150)
-timeout -k 10 "$T" $PY -m pytest -q -rfE --maxfail=25 -p no:cacheprovider -k "not torch_compile" \
+# torch.compile's first compile on a fresh machine takes about a minute: those tests
+# (torch_compile, compile_fullgraph) run last, in a stage of their own, so that a timeout
+# there cannot hide the kernel tests.
+COMPILE_TESTS="torch_compile or compile_fullgraph"
+T=$(clamp $(( $(left) - 130 )) 60 150)
+timeout -k 10 "$T" $PY -m pytest -q -rfE --maxfail=25 -p no:cacheprovider --durations=5 -k "not ($COMPILE_TESTS)" \
   tests/test_cuda_kernels.py tests/test_philox.py tests/test_cuda.py > "$OUTDIR/tests.log" 2>&1
 test_rc=$?
 grep -E "^(FAILED|ERROR)" "$OUTDIR/tests.log" | head -25
+grep -E "^[0-9.]+s (call|setup)" "$OUTDIR/tests.log" | head -5
 tail -1 "$OUTDIR/tests.log"
 echo "   tests took $(( $(date +%s) - t0 )) s, exit $test_rc$([ $test_rc -eq 124 ] && echo " (timed out after ${T}s)")"
 t0=$(date +%s)
-T=$(clamp $(( $(left) - 140 )) 30 90)
-timeout -k 10 "$T" $PY -m pytest -q -rfE -p no:cacheprovider -k "torch_compile" tests/test_cuda.py > "$OUTDIR/tests_compile.log" 2>&1
+T=$(clamp $(( $(left) - 140 )) 30 100)
+timeout -k 10 "$T" $PY -m pytest -q -rfE -p no:cacheprovider -k "$COMPILE_TESTS" tests/test_cuda.py tests/test_cuda_kernels.py \
+  > "$OUTDIR/tests_compile.log" 2>&1
 compile_rc=$?
 grep -E "^(FAILED|ERROR)" "$OUTDIR/tests_compile.log" | head -10
 tail -1 "$OUTDIR/tests_compile.log"
 echo "   torch.compile tests took $(( $(date +%s) - t0 )) s, exit $compile_rc$([ $compile_rc -eq 124 ] && echo " (timed out after ${T}s)")"
 [ $test_rc -eq 0 ] && [ $compile_rc -ne 0 ] && test_rc=$compile_rc
+fi
+
+echo "== host time per call, step by step (bench/host_profile.py; log: $OUTDIR/host_profile.txt)"
+timeout -k 5 60 $PY bench/host_profile.py --numel 4096 > "$OUTDIR/host_profile.txt" 2>&1 || echo "   host_profile failed or timed out"
 
 echo "== GPU bench (progress: $OUTDIR/bench.err; tables: $OUTDIR/gpu_bench.txt; figures: $OUTDIR/gpu.json)"
 T=$(clamp $(( $(left) - 5 )) 60 400)
@@ -82,5 +94,6 @@ bench_rc=${PIPESTATUS[0]}
 if [ $bench_rc -ne 0 ]; then
   echo "== bench exit $bench_rc; last lines of $OUTDIR/bench.err:"; grep -v "USDT\|^  \.\." "$OUTDIR/bench.err" | tail -15
 fi
+cat "$OUTDIR/host_profile.txt" 2>/dev/null | grep -v "USDT\|Warning\|_warn_once"
 echo "== gpu_check took $(( $(date +%s) - T0 )) s: build ok, tests exit $test_rc, bench exit $bench_rc"
 [ $test_rc -eq 0 ] && [ $bench_rc -eq 0 ]

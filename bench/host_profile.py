@@ -1,0 +1,113 @@
+"""Where the host time of one small dropout call goes (issue 10): ours against torch's.
+
+  python bench/host_profile.py                       CUDA if present, else CPU; 4096 elements
+  python bench/host_profile.py --device cpu --numel 256
+
+Part 1 splits a forward+backward call into its steps, each timed on its own (host time per
+call: bursts of calls ended by one synchronize, interleaved rounds, medians): forward with
+and without a tensor that requires grad, backward alone on a graph kept with retain_graph
+(from `.sum()`, whose gradient is an expanded, stride-0 tensor, and from a dense gradient),
+and the whole call both ways. Part 2 runs the whole call under torch.profiler (CPU
+activities) and lists, per call, the operators and autograd nodes where the host time goes.
+"""
+import argparse
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from common import interleaved, quiet_torch_logs  # noqa: E402
+
+from dropout_ext import functional as F  # noqa: E402
+
+TF = torch.nn.functional
+
+
+def contenders(name, fn, x):
+    leaf = x.detach().requires_grad_()
+    ones = torch.ones_like(x)
+    kept = fn(leaf)
+    kept_sum = kept.sum()
+
+    def fwd():
+        fn(x)
+
+    def fwd_grad():
+        fn(leaf)
+
+    def bwd_sum():
+        leaf.grad = None
+        kept_sum.backward(retain_graph=True)
+
+    def bwd_dense():
+        leaf.grad = None
+        kept.backward(ones, retain_graph=True)
+
+    def fb_sum():
+        leaf.grad = None
+        fn(leaf).sum().backward()
+
+    def fb_dense():
+        leaf.grad = None
+        fn(leaf).backward(ones)
+
+    steps = {"forward, no grad": fwd, "forward, input requires grad": fwd_grad,
+             "backward alone, from .sum()": bwd_sum, "backward alone, dense grad": bwd_dense,
+             "forward + .sum().backward()": fb_sum, "forward + .backward(dense)": fb_dense}
+    return {(name, step): f for step, f in steps.items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--numel", type=int, default=4096)
+    ap.add_argument("--p", type=float, default=0.1)
+    ap.add_argument("--reps", type=int, default=21)
+    ap.add_argument("--calls", type=int, default=200, help="calls profiled per contender in part 2")
+    ap.add_argument("--rows", type=int, default=18)
+    args = ap.parse_args(argv)
+    quiet_torch_logs()
+    cuda = args.device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else None
+    x = torch.randn(args.numel, device=args.device)
+    p = args.p
+    fns = {}
+    fns.update(contenders("ours", lambda a: F.dropout(a, p), x))
+    fns.update(contenders("torch", lambda a: TF.dropout(a, p), x))
+    t = interleaved(fns, args.reps, warmup=20, sync=sync, inner="auto")
+    dev = torch.cuda.get_device_name() if cuda else "CPU"
+    print("\nHost time per call, %s, float32, %d elements, p=%g (bursts ended by a synchronize; medians of %d"
+          " interleaved rounds)" % (dev, args.numel, p, args.reps))
+    print("%-30s %9s %9s %11s" % ("step", "ours us", "torch us", "ours/torch"))
+    for step in dict.fromkeys(s for _, s in fns):
+        o, th = t[("ours", step)], t[("torch", step)]
+        print("%-30s %9.1f %9.1f %11.2f" % (step, o * 1e6, th * 1e6, o / th))
+
+    from torch.profiler import ProfilerActivity, profile
+    for name in ("ours", "torch"):
+        run = fns[(name, "forward + .sum().backward()")]
+        for _ in range(50):
+            run()
+        if sync:
+            sync()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(args.calls):
+                run()
+            if sync:
+                sync()
+        rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:args.rows]
+        total = sum(e.self_cpu_time_total for e in prof.key_averages())
+        print("\n%s: forward + .sum().backward() under torch.profiler (CPU), per call; profiled total %.1f us"
+              % (name, total / args.calls))
+        print("%-72s %10s %10s %7s" % ("operator / autograd node", "self us", "total us", "calls"))
+        for e in rows:
+            print("%-72s %10.2f %10.2f %7.2f" % (e.key[:72], e.self_cpu_time_total / args.calls,
+                                                e.cpu_time_total / args.calls, e.count / args.calls))
+    print("  self = time in the entry itself; total = with its children; calls = per forward+backward call."
+          " The profiler adds its own cost per entry: compare the two tables, not their totals with part 1.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
