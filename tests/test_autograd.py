@@ -138,3 +138,41 @@ def test_raw_op_with_save_0_and_grad_raises(backend):
     x = torch.randn(8, requires_grad=True)
     with pytest.raises(ValueError, match="save"):
         ops.dropout(x, torch.tensor([1, 2]), None, 0.5, 0, 1, 0)
+
+
+@requires_compiled
+@pytest.mark.parametrize("save", [1, 2])
+def test_compiled_ops_saved_output_has_no_history(save):
+    """The raw ops' second output (bits or (key, base)) leaves the C++ Function outside its
+    node: no grad_fn, no requires_grad; backward still reads it, and double backward
+    (create_graph) goes through the backward op's own node."""
+    ops = torch.ops.dropout_ext
+    x = torch.randn(6, 40, requires_grad=True)
+    r = torch.randn(6, 40, requires_grad=True)
+    b = torch.randn(40, requires_grad=True)
+    calls = {
+        "dropout": lambda: ops.dropout(x, None, None, 0.3, 0, 2, save, None, None),
+        "dropout_add": lambda: ops.dropout_add(x, r, None, None, 0.3, save, None, None),
+        "bias_dropout_add": lambda: ops.bias_dropout_add(x, b, r, None, None, 0.3, save, None, None),
+    }
+    with dropout_ext._backend.use("compiled"):
+        for name, call in calls.items():
+            out, saved = call()
+            assert saved.grad_fn is None and not saved.requires_grad, name
+            assert saved.dtype == (torch.uint8 if save == 1 else torch.int64), name
+            assert out.grad_fn.name().startswith("torch::autograd::CppNode<dropout_ext::"), name
+            g = torch.randn_like(out)
+            (gx,) = torch.autograd.grad(out, x, g, retain_graph=True)
+            # the gradient is g * keep / (1 - p); dropped elements are where out equals 0
+            # (dropout) or the residual (the fused ops)
+            dropped = {"dropout": out.detach() == 0, "dropout_add": out.detach() == r.detach(),
+                       "bias_dropout_add": out.detach() == r.detach()}[name]
+            assert torch.all(gx[dropped] == 0), name
+            assert torch.allclose(gx[~dropped], g[~dropped] / 0.7), name
+            assert 0 < int(dropped.sum()) < dropped.numel(), name
+            gg = g.clone().requires_grad_()
+            (gx2,) = torch.autograd.grad(out, x, gg, create_graph=True)
+            assert torch.equal(gx2.detach(), gx), name
+            assert gx2.grad_fn.name().startswith("torch::autograd::CppNode<dropout_ext::"), name
+            (ggg,) = torch.autograd.grad(gx2, gg, torch.ones_like(gx2))
+            assert torch.all(ggg[dropped] == 0) and torch.all(ggg[~dropped] != 0), name

@@ -9,10 +9,15 @@
 // skip the Function. What the forward keeps is the caller's `save` argument, whatever the
 // grad mode (torch.compile replays the traced forward with grad off and its backward
 // needs the saved output): the public API passes 0 when no gradient is needed.
+//
+// Each Function has one output, the differentiable one: the saved bits or (key, base)
+// leave forward through a pointer argument, so the node keeps no metadata for a second
+// output and sorts out no non-differentiable one (each costs host time per call).
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
+#include <cstring>
 #include <vector>
 
 #include "ops.h"
@@ -65,22 +70,28 @@ bool any_requires_grad(std::initializer_list<const Tensor*> ts) {
 
 // What backward needs besides the saved tensor: the mask's description and the strides
 // of the forward output (the gradient gets them, as torch.empty_like(input) would). Kept
-// in two saved_data entries (each entry costs a string-keyed map insertion per call):
-// "p", and "mask" = [kind, lead, ndim, strides..., (global_shape..., global_offset...)].
+// in one saved_data entry (each entry costs a string-keyed map insertion per call):
+// "mask" = [bits of p, kind, lead, ndim, strides..., (global_shape..., global_offset...)].
 struct MaskInfo {
   double p = 0;
   int64_t kind = 0;
   int64_t lead = 0;
   OptInts global_shape, global_offset;
 
+  static constexpr int64_t kHead = 4;  // p, kind, lead, ndim
+
   void save(AutogradContext* ctx, const Tensor& out, const Tensor& saved) const {
-    // The second output (bits or rng) has no gradient: do not materialize zeros for it
-    // (a kernel launch per backward on the GPU); backward handles undefined grads.
+    // A gradient that never arrives stays undefined (backward checks) instead of being
+    // materialized as zeros (a kernel launch per backward on the GPU).
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({saved});
     const int64_t nd = out.dim();
     std::vector<int64_t> mask;
-    mask.reserve(3 + 3 * nd);
+    mask.reserve(kHead + 3 * nd);
+    int64_t p_bits;
+    static_assert(sizeof(p_bits) == sizeof(p), "p travels as the bits of a double");
+    std::memcpy(&p_bits, &p, sizeof(p));
+    mask.push_back(p_bits);
     mask.push_back(kind);
     mask.push_back(lead);
     mask.push_back(nd);
@@ -89,24 +100,30 @@ struct MaskInfo {
       mask.insert(mask.end(), global_shape->begin(), global_shape->end());
       mask.insert(mask.end(), global_offset->begin(), global_offset->end());
     }
-    ctx->saved_data["p"] = p;
     ctx->saved_data["mask"] = std::move(mask);
   }
 
   // grad * keep * scale, the gradient of every op's dropped input.
   static Tensor grad_input(AutogradContext* ctx, const Tensor& grad) {
     const Tensor saved = ctx->get_saved_variables()[0];
-    const std::vector<int64_t> mask = ctx->saved_data["mask"].toIntVector();
-    const int64_t nd = mask[2];
+    const std::vector<int64_t> mask = ctx->saved_data.find("mask")->second.toIntVector();
+    double p;
+    std::memcpy(&p, &mask[0], sizeof(p));
+    const int64_t nd = mask[3];
     const at::IntArrayRef all(mask);
-    const at::IntArrayRef strides = all.slice(3, nd);
+    const at::IntArrayRef strides = all.slice(kHead, nd);
     OptInts gs, go;
-    if (static_cast<int64_t>(mask.size()) > 3 + nd) {
-      gs = all.slice(3 + nd, nd);
-      go = all.slice(3 + 2 * nd, nd);
+    if (static_cast<int64_t>(mask.size()) > kHead + nd) {
+      gs = all.slice(kHead + nd, nd);
+      go = all.slice(kHead + 2 * nd, nd);
     }
-    return backward_op().call(grad, saved, ctx->saved_data["p"].toDouble(), mask[0], mask[1], gs, go,
-                              OptInts(strides));
+    if (at::GradMode::is_enabled()) {  // create_graph: the backward op records its own node
+      return backward_op().call(grad, saved, p, mask[1], mask[2], gs, go, OptInts(strides));
+    }
+    // The usual backward: nothing to record, so past the autograd kernel straight to the
+    // device's (one dispatcher pass instead of two).
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return backward_op().call(grad, saved, p, mask[1], mask[2], gs, go, OptInts(strides));
   }
 };
 
@@ -121,29 +138,29 @@ int64_t save_mode(int64_t save) {
 struct DropoutFn : public torch::autograd::Function<DropoutFn> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const OptTensor& rng,
                                const OptGenerator& gen, double p, int64_t kind, int64_t lead, int64_t save,
-                               OptInts gs, OptInts go) {
+                               OptInts gs, OptInts go, Tensor* saved_out) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, saved] = dropout_op().call(input, rng, gen, p, kind, lead, save_mode(save), gs, go);
     MaskInfo{p, kind, lead, gs, go}.save(ctx, out, saved);
-    ctx->mark_non_differentiable({saved});
-    return {out, saved};
+    *saved_out = std::move(saved);
+    return {out};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     Tensor gi;
     if (grads[0].defined()) gi = MaskInfo::grad_input(ctx, grads[0]);
-    return {gi, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    return {gi, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 struct DropoutAddFn : public torch::autograd::Function<DropoutAddFn> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& residual,
                                const OptTensor& rng, const OptGenerator& gen, double p, int64_t save, OptInts gs,
-                               OptInts go) {
+                               OptInts go, Tensor* saved_out) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, saved] = dropout_add_op().call(input, residual, rng, gen, p, save_mode(save), gs, go);
     MaskInfo{p, 0, input.dim(), gs, go}.save(ctx, out, saved);
-    ctx->mark_non_differentiable({saved});
-    return {out, saved};
+    *saved_out = std::move(saved);
+    return {out};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const Tensor& g = grads[0];
@@ -152,19 +169,19 @@ struct DropoutAddFn : public torch::autograd::Function<DropoutAddFn> {
       if (ctx->needs_input_grad(0)) gi = MaskInfo::grad_input(ctx, g);
       if (ctx->needs_input_grad(1)) gr = g;
     }
-    return {gi, gr, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    return {gi, gr, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 struct BiasDropoutAddFn : public torch::autograd::Function<BiasDropoutAddFn> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& bias, const Tensor& residual,
                                const OptTensor& rng, const OptGenerator& gen, double p, int64_t save, OptInts gs,
-                               OptInts go) {
+                               OptInts go, Tensor* saved_out) {
     at::AutoDispatchBelowADInplaceOrView guard;
     auto [out, saved] = bias_dropout_add_op().call(input, bias, residual, rng, gen, p, save_mode(save), gs, go);
     MaskInfo{p, 0, input.dim(), gs, go}.save(ctx, out, saved);
-    ctx->mark_non_differentiable({saved});
-    return {out, saved};
+    *saved_out = std::move(saved);
+    return {out};
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     const Tensor& g = grads[0];
@@ -182,7 +199,7 @@ struct BiasDropoutAddFn : public torch::autograd::Function<BiasDropoutAddFn> {
       }
       if (ctx->needs_input_grad(2)) gr = g;
     }
-    return {gi, gb, gr, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
+    return {gi, gb, gr, Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -208,8 +225,9 @@ std::tuple<Tensor, Tensor> dropout_autograd(const Tensor& input, const OptTensor
     at::AutoDispatchBelowADInplaceOrView guard;
     return dropout_op().call(input, rng, gen, p, kind, lead, save, gs, go);
   }
-  const auto outs = DropoutFn::apply(input, rng, gen, p, kind, lead, save, gs, go);
-  return {outs[0], outs[1]};
+  Tensor saved;
+  Tensor out = DropoutFn::apply(input, rng, gen, p, kind, lead, save, gs, go, &saved)[0];
+  return {std::move(out), std::move(saved)};
 }
 
 void dropout_inplace_autograd(Tensor& input, const OptTensor& rng, const OptGenerator& gen, double p, int64_t kind,
@@ -233,8 +251,9 @@ std::tuple<Tensor, Tensor> dropout_add_autograd(const Tensor& input, const Tenso
     at::AutoDispatchBelowADInplaceOrView guard;
     return dropout_add_op().call(input, residual, rng, gen, p, save, gs, go);
   }
-  const auto outs = DropoutAddFn::apply(input, residual, rng, gen, p, save, gs, go);
-  return {outs[0], outs[1]};
+  Tensor saved;
+  Tensor out = DropoutAddFn::apply(input, residual, rng, gen, p, save, gs, go, &saved)[0];
+  return {std::move(out), std::move(saved)};
 }
 
 std::tuple<Tensor, Tensor> bias_dropout_add_autograd(const Tensor& input, const Tensor& bias, const Tensor& residual,
@@ -244,8 +263,9 @@ std::tuple<Tensor, Tensor> bias_dropout_add_autograd(const Tensor& input, const 
     at::AutoDispatchBelowADInplaceOrView guard;
     return bias_dropout_add_op().call(input, bias, residual, rng, gen, p, save, gs, go);
   }
-  const auto outs = BiasDropoutAddFn::apply(input, bias, residual, rng, gen, p, save, gs, go);
-  return {outs[0], outs[1]};
+  Tensor saved;
+  Tensor out = BiasDropoutAddFn::apply(input, bias, residual, rng, gen, p, save, gs, go, &saved)[0];
+  return {std::move(out), std::move(saved)};
 }
 
 Tensor dropout_backward_autograd(const Tensor& grad, const Tensor& saved, double p, int64_t kind, int64_t lead,

@@ -288,13 +288,17 @@ void run_data(PassArgs a, const Call& c, const Tensor& out, uint8_t* bits_out, c
   const Tensor& input = *c.input;
   const int64_t words = mask_words(input, c.lead);
   Tensor scratch;
+  a.op = c.op;
+  a.nbits = words;
+  bool described = false;  // a.g and the data pointers describe this pass
   if (!bits_in && c.lead < input.dim()) {
     // Channel-wise: in one pass where the backend can (CUDA, contiguous input) ...
-    PassArgs one = a;
-    one.bits_out = bits_out;
-    one.nbits = words;
-    one.op = c.op;
-    if (describe(one, c, out, input, c.residual, c.bias) && try_channel_pass(one, input.device())) return;
+    described = describe(a, c, out, input, c.residual, c.bias);
+    if (described) {
+      PassArgs one = a;  // the backend may plan one's loops; a keeps the description
+      one.bits_out = bits_out;
+      if (try_channel_pass(one, input.device())) return;
+    }
     // ... else draw the (small) mask of words first, then stream the data from it.
     uint8_t* bits = bits_out;
     if (!bits) {
@@ -308,9 +312,7 @@ void run_data(PassArgs a, const Call& c, const Tensor& out, uint8_t* bits_out, c
   }
   a.bits_in = bits_in;
   a.bits_out = bits_out;
-  a.nbits = words;
-  a.op = c.op;
-  if (describe(a, c, out, input, c.residual, c.bias)) {
+  if (described || describe(a, c, out, input, c.residual, c.bias)) {
     run_pass(a, input.device());
     return;
   }

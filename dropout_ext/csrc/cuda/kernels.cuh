@@ -744,16 +744,22 @@ void run_op(L& l, const PassArgs& a, const FlatTuning& tune) {
   }
 }
 
-// The whole pass for numel > 0: loop plan (index.h), then the kernel for the dtype.
+// The kernel for the dtype, on a geometry whose loops are planned (plan_loops).
 template <class L>
-void run_pass(L& l, PassArgs& a, const FlatTuning& tune) {
-  plan_loops(a.g, 8);
+void run_planned_pass(L& l, const PassArgs& a, const FlatTuning& tune) {
   switch (a.dtype) {
     case DType::Float16: return run_op<L, at::Half>(l, a, tune);
     case DType::BFloat16: return run_op<L, at::BFloat16>(l, a, tune);
     case DType::Float32: return run_op<L, float>(l, a, tune);
     case DType::Float64: return run_op<L, double>(l, a, tune);
   }
+}
+
+// The whole pass for numel > 0: loop plan (index.h), then the kernel for the dtype.
+template <class L>
+void run_pass(L& l, PassArgs& a, const FlatTuning& tune) {
+  plan_loops(a.g, 8);
+  run_planned_pass(l, a, tune);
 }
 
 // A channel-wise pass that draws its own mask words (launch.h): run when the flat kernel
@@ -765,7 +771,7 @@ bool try_channel_pass(L& l, PassArgs& a, const FlatTuning& tune) {
   static constexpr int64_t kElem[] = {2, 2, 4, 8};  // DType order
   FlatPlan p;
   if (!flat_plan(a, kElem[static_cast<int>(a.dtype)], &p) || !p.group) return false;
-  run_pass(l, a, tune);
+  run_planned_pass(l, a, tune);  // the loops are planned already
   return true;
 }
 
