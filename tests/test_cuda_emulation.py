@@ -197,3 +197,35 @@ def test_flat_channel_wise_runs(run):
     xp = torch.randn(max(2, 40_000 // (3 * run + 1)), 3 * run + 1, generator=g)
     _compare_backends(lambda t, **kw: F.drop_path(t, 0.5, **kw), xp)
     _compare_backends(lambda t, **kw: F.drop_path(t, 0.5, **kw), x1[:1].contiguous())  # one sample: one bit
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("cols, gcols, j", [(64, 128, 64), (48, 101, 5), (8, 27, 19), (512, 1030, 3), (40, 41, 1),
+                                            (100, 230, 7), (12, 30, 2)])
+def test_flat_column_shards(dtype, cols, gcols, j):
+    """A column shard (rows of `cols` contiguous elements whose mask words advance by
+    `gcols` from row to row) takes the flat kernel's row mode when `cols` is a multiple of
+    8, the tile kernel otherwise: every op that has it, forward and both backward storages,
+    words that start inside a Philox block, enough rows for the grid-stride loop; equal to
+    the Python backend and to the full tensor's slice."""
+    g = torch.Generator().manual_seed(cols * 7 + j)
+    rows = max(2, 40_000 // cols)
+    full = torch.randn(rows + 3, gcols, generator=g).to(dtype)
+    i = 2
+    x = full[i:i + rows, j:j + cols].contiguous()
+    r = torch.randn(x.shape, generator=g).to(dtype)
+    b = torch.randn(cols, generator=g).to(dtype)
+    kw = dict(global_shape=(rows + 3, gcols), global_offset=(i, j))
+    ops = {
+        "dropout": lambda t, **k: F.dropout(t, 0.4, **kw, **k),
+        "alpha_dropout": lambda t, **k: F.alpha_dropout(t, 0.3, True, **kw, **k),
+        "dropout_add": lambda t, **k: F.dropout_add(t, r, 0.4, **kw, **k),
+        "bias_dropout_add": lambda t, **k: F.bias_dropout_add(t, b, r, 0.4, **kw, **k),
+    }
+    for name, fn in ops.items():
+        _compare_backends(fn, x)
+    with backend_ctx("python"):
+        whole = F.dropout(full, 0.4, seed=SEED)
+    with backend_ctx("compiled"), cpu_isa_ctx("cuda-emu"):
+        got = ops["dropout"](x, seed=SEED)
+    assert_same_bits(got, whole[i:i + rows, j:j + cols])

@@ -238,6 +238,15 @@ MUTANTS = [
            "    case 1: return keep8_from<2>(u, m.threshold);",
            [T_EMU + "::test_shard_word_offsets"], needs_build=True,
            why="CUDA kernels: 8 words that start one past a Philox block"),
+    Mutant("cuda-rows-word-stride", CUK, "        const int64_t w = kRows ? pu.q * p.wrow + pu.r : u * kUnit;",
+           "        const int64_t w = kRows ? pu.q * p.div + pu.r : u * kUnit;",
+           [T_EMU + "::test_flat_column_shards"], needs_build=True,
+           why="CUDA flat kernel, column shards: the mask words' row stride"),
+    Mutant("cuda-rows-plan", CUK,
+           "    if (a.bits_in || !data || c % kUnit != 0 || !data_strides(1, 1) || !data_strides(0, c)) return false;",
+           "    if (a.bits_in || !data || !data_strides(1, 1) || !data_strides(0, c)) return false;",
+           [T_EMU + "::test_flat_column_shards"], needs_build=True,
+           why="CUDA planner: row mode only for rows of whole units of 8"),
 ]
 
 CONFIGS = {

@@ -141,15 +141,15 @@ struct HostCtx {
 
 struct HostLauncher {
   Errors err;
-  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, bool GROUP>
+  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, int MODE>
   void flat(int64_t blocks, const PassArgs& a, const FlatPlan& p) {
     for (int64_t b = 0; b < blocks; ++b)
       for (int t = 0; t < kThreads; ++t)
-        flat_body<T, OP, FROM_BITS, UNROLL, PIPE, GROUP>(HostCtx{t, b, blocks, nullptr, &err}, a, p);
+        flat_body<T, OP, FROM_BITS, UNROLL, PIPE, MODE>(HostCtx{t, b, blocks, nullptr, &err}, a, p);
   }
   // Three blocks, whatever the kernel: tensors of more than 3 * kThreads * UNROLL units run
   // the grid-stride loop (several iterations per thread), smaller ones one iteration.
-  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, bool GROUP>
+  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, int MODE>
   int64_t max_blocks(bool) {
     return 3;
   }

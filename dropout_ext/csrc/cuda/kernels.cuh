@@ -221,11 +221,23 @@ DX_HOST_DEVICE void advance_qr(QR& p, const QR& d, int64_t n) {
 
 // What the host tells the flat kernel beyond PassArgs.
 struct FlatPlan {
-  int64_t div = 1;     // bias_dropout_add: the bias row's length; group: elements per mask bit
+  int64_t div = 1;     // bias_dropout_add: the bias row's length; group: elements per mask bit;
+                       // rows: the row's length
   bool group = false;  // channel-wise: one mask word (drawn) or bit (bits_in) per `div` consecutive
                        // elements; drawn only when div >= kUnit (a unit spans at most two runs)
+  bool rows = false;   // rows of `div` elements (a multiple of kUnit) contiguous in memory whose
+                       // mask words are not: element (q, r) draws word wbase + q * wrow + r
+                       // (a column shard's slice of the full tensor's mask)
+  int64_t wrow = 0;
   QR d_unit;           // kThreads * kUnit elements (a thread's next unit) split by div
   QR d_step;           // the grid stride in elements split by div
+};
+
+// What a flat kernel draws its mask words from (its MODE template argument).
+enum FlatMode : int {
+  kFlatElementwise = 0,  // word wbase + element index
+  kFlatGroup = 1,        // one word per run of FlatPlan::div elements (channel-wise)
+  kFlatRows = 2,         // word wbase + q * wrow + r for element (q, r) of rows of div elements
 };
 
 // Keep bits of the 8 elements from position e on, one mask bit per n elements; bits past
@@ -286,9 +298,10 @@ DX_UNROLL
 // this one's Philox rounds, so that a grid of only the resident blocks keeps loads in
 // flight while it computes (the host caps the grid then: FlatPlan, run_planned).
 //
-// GROUP (drawing only): the channel-wise mask is drawn here, one word per run (a kernel of
-// its own, so that the element-wise kernels keep their registers).
-template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, bool GROUP, class C>
+// MODE (drawing only; FlatMode): kFlatGroup draws the channel-wise mask here, one word per
+// run, and kFlatRows the words of a column shard, row by row; each is a kernel of its own,
+// so that the element-wise kernels keep their registers.
+template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, int MODE, class C>
 DX_DEV void flat_body(const C& c, const PassArgs& a, const FlatPlan& p) {
   constexpr bool kHasRes = OP == Op::DropoutAdd || OP == Op::BiasDropoutAdd;
   constexpr bool kHasBias = OP == Op::BiasDropoutAdd;
@@ -302,8 +315,10 @@ DX_DEV void flat_body(const C& c, const PassArgs& a, const FlatPlan& p) {
   const T* res = static_cast<const T*>(a.residual);
   const T* bias = static_cast<const T*>(a.bias);
   T* out = static_cast<T*>(a.out);
-  const bool group = FROM_BITS ? p.group : GROUP;  // channel-wise (never with a bias)
-  const bool track = kHasBias || group;  // the position against p.div is followed
+  constexpr bool kGroup = !FROM_BITS && MODE == kFlatGroup;
+  constexpr bool kRows = !FROM_BITS && MODE == kFlatRows;
+  const bool group = FROM_BITS ? p.group : kGroup;  // channel-wise (never with a bias)
+  const bool track = kHasBias || group || kRows;  // the position against p.div is followed
   const int64_t step = c.nblocks() * kThreads * UNROLL;
   int64_t u0 = c.bid() * kThreads * UNROLL + c.tid();
   if (u0 >= units) return;
@@ -324,12 +339,14 @@ DX_UNROLL
       uint32_t keep;
       if (FROM_BITS) {
         keep = group ? group_keep8(a.bits_in, a.nbits, pu, p.div) : a.bits_in[u];
-      } else if (GROUP) {
+      } else if (kGroup) {
         keep = group_draw8(m, a.g.wbase, pu, p.div);
         if (valid < kUnit) keep &= (1u << valid) - 1u;
         if (a.bits_out) group_bits_out(m, a.g.wbase, a.bits_out, a.nbits, pu, p.div);
       } else {
-        keep = keep8(m, a.g.wbase + static_cast<uint64_t>(u * kUnit));
+        // kRows: the unit lies in one row (div is a multiple of kUnit)
+        const int64_t w = kRows ? pu.q * p.wrow + pu.r : u * kUnit;
+        keep = keep8(m, a.g.wbase + static_cast<uint64_t>(w));
         if (valid < kUnit) keep &= (1u << valid) - 1u;
         if (a.bits_out) a.bits_out[u] = static_cast<uint8_t>(keep);
       }
@@ -596,8 +613,9 @@ inline int64_t blocks_for(int64_t work, int64_t per_block) {
 
 // Flat when every present operand is contiguous in the logical order (bias: one row
 // repeated, contiguous), the pointers allow Unit loads, and either words and bits advance
-// by one per element or (reading bits) the mask is channel-wise: one bit per run of
-// consecutive elements. Fills the plan's divisor (bias row or run length).
+// by one per element, or (reading bits) the mask is channel-wise: one bit per run of
+// consecutive elements, or rows of whole units draw words at a row stride of their own.
+// Fills the plan's divisor (bias row, run or row length).
 inline bool flat_plan(const PassArgs& a, int64_t elem, FlatPlan* p) {
   const Geometry& g = a.g;
   const bool res = a.op == Op::DropoutAdd || a.op == Op::BiasDropoutAdd;
@@ -613,13 +631,25 @@ inline bool flat_plan(const PassArgs& a, int64_t elem, FlatPlan* p) {
   auto unit_strides = [&](int d, int64_t s) {
     return data_strides(d, s) && g.bstride[d] == s && (a.bits_in || g.wstride[d] == s);
   };
+  // Rows of c contiguous elements (and bits) whose words advance by one along the row but
+  // by wstride[0] from row to row (a column shard); units stay in one row.
+  auto rows = [&](int64_t c) {
+    if (a.bits_in || !data || c % kUnit != 0 || !data_strides(1, 1) || !data_strides(0, c)) return false;
+    if (g.bstride[1] != 1 || g.bstride[0] != c || g.wstride[1] != 1) return false;
+    p->rows = true;
+    p->div = c;
+    p->wrow = g.wstride[0];
+    return true;
+  };
   p->div = 1;
   p->group = false;
+  p->rows = false;
   if (g.ndim == 1 && !bias && unit_strides(0, 1)) return true;
   if (g.ndim == 2 && bias && g.stride[kBias][1] == 1 && g.stride[kBias][0] == 0) {
     p->div = g.size[1];
-    return unit_strides(1, 1) && unit_strides(0, g.size[1]);
+    return (unit_strides(1, 1) && unit_strides(0, g.size[1])) || rows(g.size[1]);
   }
+  if (g.ndim == 2 && !bias && rows(g.size[1])) return true;
   // Channel-wise: one bit (read) or word (drawn) per run of p->div elements.
   if (!bias && data) {
     p->group = true;
@@ -691,21 +721,21 @@ FlatTuning& flat_tuning();
 // (one iteration per thread), except for PIPE kernels when tuning.persistent is set, and
 // wherever the launcher caps it (L::max_blocks: the resident blocks on the GPU; a few
 // blocks in the emulator, so that the tests run the grid-stride loop).
-template <class L, typename T, Op OP, bool FROM_BITS, int UNROLL, bool GROUP = false>
+template <class L, typename T, Op OP, bool FROM_BITS, int UNROLL, int MODE = kFlatElementwise>
 void launch_flat(L& l, const PassArgs& a, FlatPlan p, const FlatTuning& tune) {
   constexpr bool kPipe = sizeof(T) == 2 && !FROM_BITS && OP != Op::MaskOnly;
   const int64_t units = (a.g.numel + kUnit - 1) / kUnit;
   const int64_t blocks = std::min(
       blocks_for(units, kThreads * UNROLL),
-      l.template max_blocks<T, OP, FROM_BITS, UNROLL, kPipe, GROUP>(kPipe && tune.persistent));
+      l.template max_blocks<T, OP, FROM_BITS, UNROLL, kPipe, MODE>(kPipe && tune.persistent));
   p.d_unit = split_qr(int64_t(kThreads) * kUnit, p.div);
   p.d_step = split_qr(blocks * kThreads * UNROLL * kUnit, p.div);
-  l.template flat<T, OP, FROM_BITS, UNROLL, kPipe, GROUP>(blocks, a, p);
+  l.template flat<T, OP, FROM_BITS, UNROLL, kPipe, MODE>(blocks, a, p);
 }
 
 // Plans and launches a pass (numel > 0) through a launcher L, which provides
-//   L::flat<T, OP, FROM_BITS, UNROLL, PIPE, GROUP>(blocks, a, plan)
-//   L::max_blocks<T, OP, FROM_BITS, UNROLL, PIPE, GROUP>(persistent): a cap on the flat grid
+//   L::flat<T, OP, FROM_BITS, UNROLL, PIPE, MODE>(blocks, a, plan)
+//   L::max_blocks<T, OP, FROM_BITS, UNROLL, PIPE, MODE>(persistent): a cap on the flat grid
 //   L::tile<T, OP>(blocks, a, plan)
 //   L::zero(bits, bytes)
 // tuning.unroll (1, 2 or 4) is the flat forward dropout's units per thread; every other op
@@ -716,8 +746,14 @@ void run_planned(L& l, const PassArgs& a, const FlatTuning& tune) {
   if (flat_plan(a, sizeof(T), &p)) {
     if (a.bits_in) return launch_flat<L, T, OP, true, 2>(l, a, p, tune);
     if (p.group) {  // drawn channel-wise: only from try_channel_pass, for the ops that have it
-      if constexpr (OP == Op::Dropout || OP == Op::Alpha) return launch_flat<L, T, OP, false, 2, true>(l, a, p, tune);
+      if constexpr (OP == Op::Dropout || OP == Op::Alpha) {
+        return launch_flat<L, T, OP, false, 2, kFlatGroup>(l, a, p, tune);
+      }
       TORCH_CHECK(false, "dropout_ext: no channel-wise kernel for this op");
+    }
+    if (p.rows) {  // flat_plan sets it only for the data ops
+      if constexpr (OP != Op::MaskOnly) return launch_flat<L, T, OP, false, 2, kFlatRows>(l, a, p, tune);
+      TORCH_CHECK(false, "dropout_ext: no row kernel for the mask pass");
     }
     if constexpr (OP == Op::Dropout) {
       if (tune.unroll == 1) return launch_flat<L, T, OP, false, 1>(l, a, p, tune);

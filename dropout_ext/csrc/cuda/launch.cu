@@ -35,9 +35,9 @@ struct DeviceCtx {
 
 __global__ void rng_kernel(const PassArgs a) { resolve_mask(DeviceCtx(), a); }
 
-template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, bool GROUP>
+template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, int MODE>
 __global__ void __launch_bounds__(kThreads) flat_kernel(const PassArgs a, const FlatPlan p) {
-  flat_body<T, OP, FROM_BITS, UNROLL, PIPE, GROUP>(DeviceCtx(), a, p);
+  flat_body<T, OP, FROM_BITS, UNROLL, PIPE, MODE>(DeviceCtx(), a, p);
 }
 
 template <typename T, Op OP>
@@ -48,20 +48,20 @@ __global__ void __launch_bounds__(kThreads) tile_kernel(const PassArgs a, const 
 
 struct CudaLauncher {
   cudaStream_t stream = at::cuda::getCurrentCUDAStream();
-  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, bool GROUP>
+  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, int MODE>
   void flat(int64_t blocks, const PassArgs& a, const FlatPlan& p) {
-    flat_kernel<T, OP, FROM_BITS, UNROLL, PIPE, GROUP><<<blocks, kThreads, 0, stream>>>(a, p);
+    flat_kernel<T, OP, FROM_BITS, UNROLL, PIPE, MODE><<<blocks, kThreads, 0, stream>>>(a, p);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
   // Persistent: as many blocks as the device holds at once (occupancy of this kernel,
   // asked once per kernel, times the multiprocessors).
-  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, bool GROUP>
+  template <typename T, Op OP, bool FROM_BITS, int UNROLL, bool PIPE, int MODE>
   int64_t max_blocks(bool persistent) {
     if (!persistent) return int64_t(1) << 30;
     const cudaDeviceProp* prop = at::cuda::getCurrentDeviceProperties();
     static const int per_sm = [prop] {
       int n = 0;
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, flat_kernel<T, OP, FROM_BITS, UNROLL, PIPE, GROUP>, kThreads,
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, flat_kernel<T, OP, FROM_BITS, UNROLL, PIPE, MODE>, kThreads,
                                                         0) != cudaSuccess) {
         (void)cudaGetLastError();  // a query only: fall back to the thread limit
         n = prop->maxThreadsPerMultiProcessor / kThreads;
