@@ -66,7 +66,14 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=21)
     ap.add_argument("--calls", type=int, default=200, help="calls profiled per contender in part 2")
     ap.add_argument("--rows", type=int, default=18)
+    ap.add_argument("--out", help="a folder: the tables also go to host_profile.txt there")
     args = ap.parse_args(argv)
+    lines = []
+
+    def say(line=""):
+        print(line)
+        lines.append(line)
+
     quiet_torch_logs()
     cuda = args.device.startswith("cuda")
     sync = torch.cuda.synchronize if cuda else None
@@ -77,12 +84,13 @@ def main(argv=None):
     fns.update(contenders("torch", lambda a: TF.dropout(a, p), x))
     t = interleaved(fns, args.reps, warmup=20, sync=sync, inner="auto")
     dev = torch.cuda.get_device_name() if cuda else "CPU"
-    print("\nHost time per call, %s, float32, %d elements, p=%g (bursts ended by a synchronize; medians of %d"
-          " interleaved rounds)" % (dev, args.numel, p, args.reps))
-    print("%-30s %9s %9s %11s" % ("step", "ours us", "torch us", "ours/torch"))
+    say()
+    say("Host time per call, %s, float32, %d elements, p=%g (bursts ended by a synchronize; medians of %d"
+        " interleaved rounds)" % (dev, args.numel, p, args.reps))
+    say("%-30s %9s %9s %11s" % ("step", "ours us", "torch us", "ours/torch"))
     for step in dict.fromkeys(s for _, s in fns):
         o, th = t[("ours", step)], t[("torch", step)]
-        print("%-30s %9.1f %9.1f %11.2f" % (step, o * 1e6, th * 1e6, o / th))
+        say("%-30s %9.1f %9.1f %11.2f" % (step, o * 1e6, th * 1e6, o / th))
 
     from torch.profiler import ProfilerActivity, profile
     for name in ("ours", "torch"):
@@ -98,14 +106,19 @@ def main(argv=None):
                 sync()
         rows = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:args.rows]
         total = sum(e.self_cpu_time_total for e in prof.key_averages())
-        print("\n%s: forward + .sum().backward() under torch.profiler (CPU), per call; profiled total %.1f us"
-              % (name, total / args.calls))
-        print("%-72s %10s %10s %7s" % ("operator / autograd node", "self us", "total us", "calls"))
+        say()
+        say("%s: forward + .sum().backward() under torch.profiler (CPU), per call; profiled total %.1f us"
+            % (name, total / args.calls))
+        say("%-72s %10s %10s %7s" % ("operator / autograd node", "self us", "total us", "calls"))
         for e in rows:
-            print("%-72s %10.2f %10.2f %7.2f" % (e.key[:72], e.self_cpu_time_total / args.calls,
-                                                e.cpu_time_total / args.calls, e.count / args.calls))
-    print("  self = time in the entry itself; total = with its children; calls = per forward+backward call."
-          " The profiler adds its own cost per entry: compare the two tables, not their totals with part 1.")
+            say("%-72s %10.2f %10.2f %7.2f" % (e.key[:72], e.self_cpu_time_total / args.calls,
+                                              e.cpu_time_total / args.calls, e.count / args.calls))
+    say("  self = time in the entry itself; total = with its children; calls = per forward+backward call."
+        " The profiler adds its own cost per entry: compare the two tables, not their totals with part 1.")
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "host_profile.txt"), "w") as f:
+            f.write("\n".join(lines) + "\n")
     return 0
 
 

@@ -143,6 +143,24 @@ def _check_inplace(input):
 # ----------------------------------------------------------------------------- routing
 
 
+# seed -> its (key, base) tensor, (seed, 0) as int64 on the CPU: the ops read it and never
+# write or keep it (the seed storage keeps a copy), so one tensor serves every call with
+# that seed and seed= costs no tensor per call. Bounded: cleared when full.
+_SEED_RNG = {}
+_SEED_RNG_MAX = 4096
+
+
+def _seed_rng(seed):
+    s = _check_seed(seed)
+    with torch.inference_mode(False):  # a cached tensor must serve calls outside inference mode too
+        rng = torch.tensor([s - _SEED_LIMIT if s >= 2**63 else s, 0], dtype=torch.int64, device="cpu")
+    if seed.__class__ is int:
+        if len(_SEED_RNG) >= _SEED_RNG_MAX:
+            _SEED_RNG.clear()
+        _SEED_RNG[seed] = rng
+    return rng
+
+
 def _rng(input, seed, generator):
     """(rng tensor or None, generator or None). seed=s: (s, 0) as data, the same mask on
     every device. Under torch.compile the pair is drawn as a tensor in the graph. Else
@@ -231,16 +249,23 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
     """
     if p.__class__ is not float or not 0.0 <= p <= 1.0:
         p = _check_p(p)
-    if (training and input.__class__ is _Tensor and seed is None and generator is None and not inplace
+    if (training and input.__class__ is _Tensor and generator is None and not inplace
             and global_shape is None and global_offset is None and not _transforms_active()
             and not _is_compiling()):
-        # The common case: one op call; dtype and device checks are the kernel's.
+        # The common cases: one op call; dtype and device checks are the kernel's.
         kind = KIND_INVERTED if scale_train else KIND_VANILLA
         save = _backend.SAVE if input.requires_grad and _grad_enabled() else 0
         fast = _backend.FAST
+        if seed is None:
+            if fast is not None:
+                return fast.dropout(input, p, kind, save)
+            return _backend.OPS.dropout(input, None, None, p, kind, input.dim(), save)[0]
         if fast is not None:
-            return fast.dropout(input, p, kind, save)
-        return _backend.OPS.dropout(input, None, None, p, kind, input.dim(), save)[0]
+            rng = _SEED_RNG.get(seed) if seed.__class__ is int else None
+            if rng is None:  # first use of this seed: the slow path's checks, in its order
+                _check_input(input)
+                rng = _seed_rng(seed)
+            return fast.dropout_rng(input, rng, p, kind, save)
     _check_input(input)
     if not training:
         return _eval(input, p, inplace, scale_train)

@@ -236,3 +236,53 @@ def test_p_rounding_threshold_boundaries(backend):
             assert torch.equal(out != 0, keep_mask(x.shape, p, 77))
     for k in (1, 2**31, 2**32 - 1):
         assert math.floor(k / 2**32 * 2**32) == k
+
+
+@pytest.mark.parametrize("seed,exc", [(-1, ValueError), (2**64, ValueError), (1.5, TypeError), (True, TypeError),
+                                      ("3", TypeError), (torch.tensor(3), TypeError)])
+def test_bad_seed_out_of_place(backend, seed, exc):
+    """The out-of-place call takes the fast path that keeps one (key, base) tensor per seed:
+    a rejected seed raises there too, every time (it is not remembered)."""
+    x = torch.randn(8)
+    for _ in range(2):
+        with pytest.raises(exc, match="seed"):
+            F.dropout(x, 0.5, seed=seed)
+
+
+def test_seed_fast_path_checks_the_input_first(backend):
+    """A bad input with a seed raises the input's error, whether the seed was seen before
+    (kept tensor) or not, as with seed=None."""
+    bad = torch.arange(8)
+    F.dropout(torch.randn(4), 0.5, seed=424242)  # now kept
+    msgs = []
+    for kw in ({}, dict(seed=424242), dict(seed=424243), dict(seed=-1)):
+        with pytest.raises(TypeError) as e:
+            F.dropout(bad, 0.5, **kw)
+        msgs.append(str(e.value))
+    assert len(set(msgs)) == 1, msgs
+
+
+@pytest.mark.parametrize("storage", ["bits", "seed"])
+def test_seed_first_used_in_inference_mode_serves_training(backend, storage):
+    """The kept (key, base) tensor of a seed first used under inference_mode is an ordinary
+    tensor: a later training call with that seed runs forward and backward."""
+    from testing import storage_ctx
+
+    s = 2**63 + 12345 if storage == "bits" else 2**40 + 7
+    x = torch.randn(64)
+    with torch.inference_mode():
+        a = F.dropout(x, 0.5, seed=s)
+    leaf = x.clone().requires_grad_()
+    with storage_ctx(storage):
+        out = F.dropout(leaf, 0.5, seed=s)
+        out.sum().backward()
+    assert_same_bits(out.detach(), a)
+    assert torch.equal(leaf.grad != 0, a != 0)
+
+
+def test_seed_tensors_kept_are_bounded():
+    x = torch.randn(8)
+    for s in range(10_000, 10_000 + F._SEED_RNG_MAX + 10):
+        F.dropout(x, 0.5, seed=s)
+    assert 0 < len(F._SEED_RNG) <= F._SEED_RNG_MAX
+    assert_same_bits(F.dropout(x, 0.5, seed=10_003), F.dropout(x, 0.5, seed=10_003))

@@ -55,6 +55,9 @@ def test_compiled_autograd_is_cpp(name, storage):
         # the forward runs only the public function (and the helpers of its slow path)
         calls = _python_calls(lambda: F.dropout(x, 0.4))
         assert calls == ["dropout"], calls
+        F.dropout(x, 0.4, seed=91)  # the first call with a seed checks it and keeps its tensor
+        calls = _python_calls(lambda: F.dropout(x, 0.4, seed=91))
+        assert calls == ["dropout"], calls
 
 
 def test_python_backend_autograd_is_python():

@@ -1,10 +1,10 @@
 // The Python module of the extension: its import runs the op registrations (ops.cpp,
-// autograd.cpp, cpu/, cuda/), and three entry points for the public API's common case
-// (a plain tensor, (key, base) from the default generator, no shard): they parse their
-// few arguments and make one typed dispatcher call, which skips the boxing of
+// autograd.cpp, cpu/, cuda/), and four entry points for the public API's common cases
+// (a plain tensor, (key, base) from the default generator or from seed=, no shard): they
+// parse their few arguments and make one typed dispatcher call, which skips the boxing of
 // torch.ops' generic Python path but still goes through every dispatch key (autograd,
-// autocast, Python modes). torch.compile, torch.func, seed= and tensor subclasses use
-// torch.ops.dropout_ext instead (dropout_ext/functional.py).
+// autocast, Python modes). torch.compile, torch.func, generator=, shards and tensor
+// subclasses use torch.ops.dropout_ext instead (dropout_ext/functional.py).
 #include <Python.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/Exceptions.h>
@@ -68,6 +68,25 @@ PyObject* py_dropout(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   END_HANDLE_TH_ERRORS
 }
 
+// dropout_rng(input, rng, p, kind, save) -> Tensor: (key, base) from a CPU int64 tensor
+// (seed=: the Python layer keeps one per seed)
+PyObject* py_dropout_rng(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  check_nargs(nargs, 5, "dropout_rng");
+  const at::Tensor& input = tensor_arg(args[0], "input");
+  const at::Tensor& rng = tensor_arg(args[1], "rng");
+  const double p = double_arg(args[2]);
+  const int64_t kind = int_arg(args[3]), save = int_arg(args[4]);
+  at::Tensor out;
+  {
+    pybind11::gil_scoped_release no_gil;
+    out = std::get<0>(handle<decltype(dropout_kernel)>("dropout_ext::dropout")
+                          .call(input, rng, std::nullopt, p, kind, input.dim(), save, std::nullopt, std::nullopt));
+  }
+  return THPVariable_Wrap(std::move(out));
+  END_HANDLE_TH_ERRORS
+}
+
 // dropout_add(input, residual, p, save) -> Tensor
 PyObject* py_dropout_add(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
@@ -109,6 +128,8 @@ PyObject* py_bias_dropout_add(PyObject*, PyObject* const* args, Py_ssize_t nargs
 PyMethodDef methods[] = {
     {"dropout", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_dropout)), METH_FASTCALL,
      "dropout(input, p, kind, save): the op with (key, base) from the default generator"},
+    {"dropout_rng", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_dropout_rng)), METH_FASTCALL,
+     "dropout_rng(input, rng, p, kind, save): the op with (key, base) from a CPU int64 tensor"},
     {"dropout_add", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_dropout_add)), METH_FASTCALL,
      "dropout_add(input, residual, p, save)"},
     {"bias_dropout_add", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_bias_dropout_add)),
