@@ -50,33 +50,16 @@ void check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char* name) {
     throw torch::TypeError(std::string("dropout_ext._C.") + name + " takes " + std::to_string(want) + " arguments");
 }
 
-// dropout(input, p, kind, save) -> Tensor
-PyObject* py_dropout(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  check_nargs(nargs, 4, "dropout");
+// The dropout op on a plain tensor, with (key, base) from the default generator (rng
+// null) or from a CPU int64 tensor; args: input, [rng,] p, kind, save.
+PyObject* dropout_call(PyObject* const* args, Py_ssize_t nargs, bool with_rng, const char* name) {
+  check_nargs(nargs, with_rng ? 5 : 4, name);
   const at::Tensor& input = tensor_arg(args[0], "input");
-  const double p = double_arg(args[1]);
-  const int64_t kind = int_arg(args[2]), save = int_arg(args[3]);
-  at::Tensor out;
-  {
-    pybind11::gil_scoped_release no_gil;
-    out = std::get<0>(handle<decltype(dropout_kernel)>("dropout_ext::dropout")
-                          .call(input, std::nullopt, std::nullopt, p, kind, input.dim(), save, std::nullopt,
-                                std::nullopt));
-  }
-  return THPVariable_Wrap(std::move(out));
-  END_HANDLE_TH_ERRORS
-}
-
-// dropout_rng(input, rng, p, kind, save) -> Tensor: (key, base) from a CPU int64 tensor
-// (seed=: the Python layer keeps one per seed)
-PyObject* py_dropout_rng(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
-  HANDLE_TH_ERRORS
-  check_nargs(nargs, 5, "dropout_rng");
-  const at::Tensor& input = tensor_arg(args[0], "input");
-  const at::Tensor& rng = tensor_arg(args[1], "rng");
-  const double p = double_arg(args[2]);
-  const int64_t kind = int_arg(args[3]), save = int_arg(args[4]);
+  std::optional<at::Tensor> rng;
+  if (with_rng) rng = tensor_arg(args[1], "rng");
+  const int i = with_rng ? 2 : 1;
+  const double p = double_arg(args[i]);
+  const int64_t kind = int_arg(args[i + 1]), save = int_arg(args[i + 2]);
   at::Tensor out;
   {
     pybind11::gil_scoped_release no_gil;
@@ -84,6 +67,20 @@ PyObject* py_dropout_rng(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
                           .call(input, rng, std::nullopt, p, kind, input.dim(), save, std::nullopt, std::nullopt));
   }
   return THPVariable_Wrap(std::move(out));
+}
+
+// dropout(input, p, kind, save) -> Tensor
+PyObject* py_dropout(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  return dropout_call(args, nargs, false, "dropout");
+  END_HANDLE_TH_ERRORS
+}
+
+// dropout_rng(input, rng, p, kind, save) -> Tensor: (key, base) from a CPU int64 tensor
+// (seed=: the Python layer keeps one per seed)
+PyObject* py_dropout_rng(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
+  HANDLE_TH_ERRORS
+  return dropout_call(args, nargs, true, "dropout_rng");
   END_HANDLE_TH_ERRORS
 }
 
