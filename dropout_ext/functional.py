@@ -150,10 +150,15 @@ _SEED_RNG = {}
 _SEED_RNG_MAX = 4096
 
 
+def _seed_tensor(s, device=None):
+    """(key, base) = (s, 0) for a checked seed s in [0, 2**64), as int64 (two's complement)."""
+    return torch.tensor([s - _SEED_LIMIT if s >= 2**63 else s, 0], dtype=torch.int64, device=device)
+
+
 def _seed_rng(seed):
     s = _check_seed(seed)
-    with torch.inference_mode(False):  # a cached tensor must serve calls outside inference mode too
-        rng = torch.tensor([s - _SEED_LIMIT if s >= 2**63 else s, 0], dtype=torch.int64, device="cpu")
+    with torch.inference_mode(False):  # a kept tensor must serve calls outside inference mode too
+        rng = _seed_tensor(s, "cpu")
     if seed.__class__ is int:
         if len(_SEED_RNG) >= _SEED_RNG_MAX:
             _SEED_RNG.clear()
@@ -168,8 +173,7 @@ def _rng(input, seed, generator):
     if seed is not None:
         if generator is not None:
             raise ValueError("dropout_ext: pass seed= or generator=, not both")
-        s = _check_seed(seed)
-        return torch.tensor([s - _SEED_LIMIT if s >= 2**63 else s, 0], dtype=torch.int64), None
+        return _seed_tensor(_check_seed(seed)), None
     if generator is not None:
         _check_generator(generator, input)
     if _is_compiling():

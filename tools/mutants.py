@@ -138,8 +138,8 @@ MUTANTS = [
     # ---- functional.py / _ops.py / _functorch.py: shared by both backends, so only
     # independent expectations (the oracle, the formula, the draw rule) can catch these
     Mutant("seed-into-base", FUN,
-           "        return torch.tensor([s - _SEED_LIMIT if s >= 2**63 else s, 0], dtype=torch.int64), None",
-           "        return torch.tensor([0, s - _SEED_LIMIT if s >= 2**63 else s], dtype=torch.int64), None",
+           "    return torch.tensor([s - _SEED_LIMIT if s >= 2**63 else s, 0], dtype=torch.int64, device=device)",
+           "    return torch.tensor([0, s - _SEED_LIMIT if s >= 2**63 else s], dtype=torch.int64, device=device)",
            [T_MASK + "::test_threshold_boundaries_seed"], why="seed= fills base instead of key"),
     Mutant("generator-ignored", FUN, "    return None, generator\n", "    return None, None\n",
            [T_MASK + "::test_generator_call_draws_the_expected_pair"], why="draws from the default generator, not generator="),
