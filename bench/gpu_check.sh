@@ -49,9 +49,10 @@ if [ $build_rc -ne 0 ]; then
 fi
 echo "   built in $(( $(date +%s) - t0 )) s"
 if [ "${PTXAS_VERBOSE:-1}" != "0" ]; then
-  $PY bench/ptxas_summary.py "$OUTDIR/build.log" > "$OUTDIR/ptxas.txt" 2>&1
-  $PY bench/ptxas_summary.py --all "$OUTDIR/build.log" > "$OUTDIR/ptxas_all.txt" 2>&1
-  head -12 "$OUTDIR/ptxas.txt"; echo "   (all kernels: $OUTDIR/ptxas_all.txt)"
+  # one file (the device tool brings back at most 8): the 10 largest, then every kernel
+  { $PY bench/ptxas_summary.py "$OUTDIR/build.log"; echo; echo "every kernel:"
+    $PY bench/ptxas_summary.py --all "$OUTDIR/build.log"; } > "$OUTDIR/ptxas.txt" 2>&1
+  head -12 "$OUTDIR/ptxas.txt"; echo "   (every kernel: $OUTDIR/ptxas.txt)"
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 $PY -c "import dropout_ext, torch; print('== backends', dropout_ext.compiled_backends(), torch.cuda.get_device_name())" || exit 1
@@ -85,7 +86,7 @@ T=$(clamp $(( $(left) - 100 )) 60 400)
 BUDGET=$(( T - 40 ))
 # shellcheck disable=SC2086
 timeout -k 15 "$T" $PY bench/bench_gpu.py --out "$OUTDIR" --budget "$BUDGET" ${BENCH_ARGS:-} 2> "$OUTDIR/bench.err" \
-  > "$OUTDIR/bench.log"
+  > /tmp/gpu_bench.log
 bench_rc=$?
 echo "   bench took $(( $(date +%s) - t0 )) s, exit $bench_rc"
 if [ $bench_rc -ne 0 ]; then
@@ -104,7 +105,7 @@ tail -1 "$OUTDIR/tests_compile.log"
 echo "   torch.compile tests took $(( $(date +%s) - t0 )) s, exit $compile_rc$([ $compile_rc -eq 124 ] && echo " (timed out after ${T}s)")"
 fi
 
-cat "$OUTDIR/bench.log"
+cat /tmp/gpu_bench.log  # the tables (also in $OUTDIR/gpu_bench.txt)
 grep -v "USDT\|Warning\|_warn_once" "$OUTDIR/host_profile.txt" 2>/dev/null
 echo "== gpu_check took $(( $(date +%s) - T0 )) s: build ok, kernel tests exit $test_rc, torch.compile tests exit $compile_rc, bench exit $bench_rc"
 [ $test_rc -eq 0 ] && [ $compile_rc -eq 0 ] && [ $bench_rc -eq 0 ]
