@@ -18,6 +18,7 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "ops.h"
@@ -117,12 +118,11 @@ struct MaskInfo {
       gs = all.slice(kHead + nd, nd);
       go = all.slice(kHead + 2 * nd, nd);
     }
-    if (at::GradMode::is_enabled()) {  // create_graph: the backward op records its own node
-      return backward_op().call(grad, saved, p, mask[1], mask[2], gs, go, OptInts(strides));
-    }
-    // The usual backward: nothing to record, so past the autograd kernel straight to the
-    // device's (one dispatcher pass instead of two).
-    at::AutoDispatchBelowADInplaceOrView guard;
+    // The usual backward records nothing, so it goes past the autograd kernel straight to
+    // the device's (one dispatcher pass instead of two); create_graph goes through it, so
+    // that the backward op records its own node.
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
+    if (!at::GradMode::is_enabled()) below_autograd.emplace();
     return backward_op().call(grad, saved, p, mask[1], mask[2], gs, go, OptInts(strides));
   }
 };

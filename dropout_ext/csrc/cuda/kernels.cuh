@@ -741,26 +741,27 @@ void launch_flat(L& l, const PassArgs& a, FlatPlan p, const FlatTuning& tune) {
 // tuning.unroll (1, 2 or 4) is the flat forward dropout's units per thread; every other op
 // uses 2.
 template <class L, typename T, Op OP>
-void run_planned(L& l, const PassArgs& a, const FlatTuning& tune) {
-  FlatPlan p;
-  if (flat_plan(a, sizeof(T), &p)) {
-    if (a.bits_in) return launch_flat<L, T, OP, true, 2>(l, a, p, tune);
-    if (p.group) {  // drawn channel-wise: only from try_channel_pass, for the ops that have it
-      if constexpr (OP == Op::Dropout || OP == Op::Alpha) {
-        return launch_flat<L, T, OP, false, 2, kFlatGroup>(l, a, p, tune);
-      }
-      TORCH_CHECK(false, "dropout_ext: no channel-wise kernel for this op");
+void launch_planned(L& l, const PassArgs& a, const FlatPlan& p, const FlatTuning& tune) {
+  if (a.bits_in) return launch_flat<L, T, OP, true, 2>(l, a, p, tune);
+  if (p.group) {  // drawn channel-wise: only from try_channel_pass, for the ops that have it
+    if constexpr (OP == Op::Dropout || OP == Op::Alpha) {
+      return launch_flat<L, T, OP, false, 2, kFlatGroup>(l, a, p, tune);
     }
-    if (p.rows) {  // flat_plan sets it only for the data ops
-      if constexpr (OP != Op::MaskOnly) return launch_flat<L, T, OP, false, 2, kFlatRows>(l, a, p, tune);
-      TORCH_CHECK(false, "dropout_ext: no row kernel for the mask pass");
-    }
-    if constexpr (OP == Op::Dropout) {
-      if (tune.unroll == 1) return launch_flat<L, T, OP, false, 1>(l, a, p, tune);
-      if (tune.unroll == 4) return launch_flat<L, T, OP, false, 4>(l, a, p, tune);
-    }
-    return launch_flat<L, T, OP, false, 2>(l, a, p, tune);
+    TORCH_CHECK(false, "dropout_ext: no channel-wise kernel for this op");
   }
+  if (p.rows) {  // flat_plan sets it only for the data ops
+    if constexpr (OP != Op::MaskOnly) return launch_flat<L, T, OP, false, 2, kFlatRows>(l, a, p, tune);
+    TORCH_CHECK(false, "dropout_ext: no row kernel for the mask pass");
+  }
+  if constexpr (OP == Op::Dropout) {
+    if (tune.unroll == 1) return launch_flat<L, T, OP, false, 1>(l, a, p, tune);
+    if (tune.unroll == 4) return launch_flat<L, T, OP, false, 4>(l, a, p, tune);
+  }
+  launch_flat<L, T, OP, false, 2>(l, a, p, tune);
+}
+
+template <class L, typename T, Op OP>
+void launch_tile(L& l, const PassArgs& a) {
   const TilePlan t = tile_plan(a.g);
   // Rows that do not start on a byte share bytes: their bits are ORed into zeroed memory.
   if (a.bits_out && !t.bits_plain) l.zero(a.bits_out, (a.nbits + 7) / 8);
@@ -769,33 +770,52 @@ void run_planned(L& l, const PassArgs& a, const FlatTuning& tune) {
   l.template tile<T, OP>(blocks, a, t);
 }
 
-template <class L, typename T>
-void run_op(L& l, const PassArgs& a, const FlatTuning& tune) {
-  switch (a.op) {
-    case Op::Dropout: return run_planned<L, T, Op::Dropout>(l, a, tune);
-    case Op::DropoutAdd: return run_planned<L, T, Op::DropoutAdd>(l, a, tune);
-    case Op::BiasDropoutAdd: return run_planned<L, T, Op::BiasDropoutAdd>(l, a, tune);
-    case Op::Alpha: return run_planned<L, T, Op::Alpha>(l, a, tune);
-    case Op::MaskOnly: return run_planned<L, T, Op::MaskOnly>(l, a, tune);
+// The flat kernel where flat_plan takes the pass, else the tile kernel. group_only (from
+// try_channel_pass): launch only a channel-wise pass that draws its own words, and say
+// whether it ran.
+template <class L, typename T, Op OP>
+bool run_planned(L& l, const PassArgs& a, const FlatTuning& tune, bool group_only) {
+  FlatPlan p;
+  const bool flat = flat_plan(a, sizeof(T), &p);
+  if (group_only && !(flat && p.group && !a.bits_in)) return false;
+  if (flat) {
+    launch_planned<L, T, OP>(l, a, p, tune);
+  } else {
+    launch_tile<L, T, OP>(l, a);
   }
+  return true;
 }
 
-// The kernel for the dtype, on a geometry whose loops are planned (plan_loops).
-template <class L>
-void run_planned_pass(L& l, const PassArgs& a, const FlatTuning& tune) {
-  switch (a.dtype) {
-    case DType::Float16: return run_op<L, at::Half>(l, a, tune);
-    case DType::BFloat16: return run_op<L, at::BFloat16>(l, a, tune);
-    case DType::Float32: return run_op<L, float>(l, a, tune);
-    case DType::Float64: return run_op<L, double>(l, a, tune);
+template <class L, typename T>
+bool run_op(L& l, const PassArgs& a, const FlatTuning& tune, bool group_only) {
+  switch (a.op) {
+    case Op::Dropout: return run_planned<L, T, Op::Dropout>(l, a, tune, group_only);
+    case Op::DropoutAdd: return run_planned<L, T, Op::DropoutAdd>(l, a, tune, group_only);
+    case Op::BiasDropoutAdd: return run_planned<L, T, Op::BiasDropoutAdd>(l, a, tune, group_only);
+    case Op::Alpha: return run_planned<L, T, Op::Alpha>(l, a, tune, group_only);
+    case Op::MaskOnly: return run_planned<L, T, Op::MaskOnly>(l, a, tune, group_only);
   }
+  return false;
+}
+
+// The kernel for the dtype, on a geometry whose loops are planned (plan_loops); false only
+// when group_only and the pass is not a drawn channel-wise flat one (run_planned).
+template <class L>
+bool run_planned_pass(L& l, const PassArgs& a, const FlatTuning& tune, bool group_only) {
+  switch (a.dtype) {
+    case DType::Float16: return run_op<L, at::Half>(l, a, tune, group_only);
+    case DType::BFloat16: return run_op<L, at::BFloat16>(l, a, tune, group_only);
+    case DType::Float32: return run_op<L, float>(l, a, tune, group_only);
+    case DType::Float64: return run_op<L, double>(l, a, tune, group_only);
+  }
+  return false;
 }
 
 // The whole pass for numel > 0: loop plan (index.h), then the kernel for the dtype.
 template <class L>
 void run_pass(L& l, PassArgs& a, const FlatTuning& tune) {
   plan_loops(a.g, 8);
-  run_planned_pass(l, a, tune);
+  run_planned_pass(l, a, tune, false);
 }
 
 // A channel-wise pass that draws its own mask words (launch.h): run when the flat kernel
@@ -804,11 +824,7 @@ template <class L>
 bool try_channel_pass(L& l, PassArgs& a, const FlatTuning& tune) {
   if (a.g.numel == 0 || a.bits_in || (a.op != Op::Dropout && a.op != Op::Alpha)) return false;
   plan_loops(a.g, 8);
-  static constexpr int64_t kElem[] = {2, 2, 4, 8};  // DType order
-  FlatPlan p;
-  if (!flat_plan(a, kElem[static_cast<int>(a.dtype)], &p) || !p.group) return false;
-  run_planned_pass(l, a, tune);  // the loops are planned already
-  return true;
+  return run_planned_pass(l, a, tune, true);
 }
 
 }  // namespace cuda
