@@ -58,6 +58,50 @@ def contenders(name, fn, x):
     return {(name, step): f for step, f in steps.items()}
 
 
+def pieces(x, p, reps, sync, say):
+    """Part 3: the pieces of one call, each timed alone (host time per call): allocation,
+    our op at each stage of its path (no autograd, saving bits, under the C++ autograd
+    Function, from the public function) against torch's native_dropout, and the backward
+    ops on a dense and on an expanded (stride-0, as from .sum()) gradient."""
+    from dropout_ext import _backend
+
+    fast = _backend.FAST
+    if fast is None:
+        say("(part 3 needs the compiled backend)")
+        return
+    xg = x.detach().requires_grad_()
+    g = torch.randn_like(x)
+    ge = torch.ones((), device=x.device).expand_as(x)
+    _, bits = torch.ops.dropout_ext.dropout(x, None, None, p, 0, x.dim(), 1)
+    _, mask = torch.native_dropout(x, p, True)
+    scale = 1.0 / (1.0 - p)
+    ours_bwd = torch.ops.dropout_ext.dropout_backward.default
+    torch_bwd = torch.ops.aten.native_dropout_backward.default
+    fns = {
+        "torch.empty_like(x)": lambda: torch.empty_like(x),
+        "torch.empty(numel // 8, uint8)": lambda: torch.empty(x.numel() // 8, dtype=torch.uint8, device=x.device),
+        "torch.mul(x, 2.0)": lambda: torch.mul(x, 2.0),
+        "ours _C.dropout, save nothing": lambda: fast.dropout(x, p, 0, 0),
+        "ours _C.dropout, save bits, no grad": lambda: fast.dropout(x, p, 0, 1),
+        "ours _C.dropout, input requires grad": lambda: fast.dropout(xg, p, 0, 1),
+        "ours F.dropout, no grad": lambda: F.dropout(x, p),
+        "ours F.dropout, input requires grad": lambda: F.dropout(xg, p),
+        "torch native_dropout, no grad": lambda: torch.native_dropout(x, p, True),
+        "torch native_dropout, requires grad": lambda: torch.native_dropout(xg, p, True),
+        "torch F.dropout, requires grad": lambda: TF.dropout(xg, p),
+        "ours backward op, dense grad": lambda: ours_bwd(g, bits, p, 0, x.dim()),
+        "ours backward op, expanded grad": lambda: ours_bwd(ge, bits, p, 0, x.dim()),
+        "torch backward op, dense grad": lambda: torch_bwd(g, mask, scale),
+        "torch backward op, expanded grad": lambda: torch_bwd(ge, mask, scale),
+    }
+    t = interleaved(fns, reps, warmup=20, sync=sync, inner="auto")
+    say()
+    say("Pieces of a call, host time per call (each timed alone; the backward ops called through torch.ops)")
+    say("%-44s %9s" % ("piece", "us"))
+    for name in fns:
+        say("%-44s %9.2f" % (name, t[name] * 1e6))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -91,6 +135,8 @@ def main(argv=None):
     for step in dict.fromkeys(s for _, s in fns):
         o, th = t[("ours", step)], t[("torch", step)]
         say("%-30s %9.1f %9.1f %11.2f" % (step, o * 1e6, th * 1e6, o / th))
+
+    pieces(x, p, args.reps, sync, say)
 
     from torch.profiler import ProfilerActivity, profile
     for name in ("ours", "torch"):
