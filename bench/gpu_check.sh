@@ -87,7 +87,7 @@ echo "   torch.compile tests: exit $compile_rc$([ "$compile_rc" -eq 124 ] && ech
 fi
 
 echo "== host time per call, step by step (bench/host_profile.py; log: $OUTDIR/host_profile.txt)"
-timeout -k 5 60 $PY bench/host_profile.py --numel 4096 --out "$OUTDIR" > /tmp/host_profile.log 2>&1 \
+timeout -k 5 60 $PY bench/host_profile.py --numel 4096 --reps 41 --out "$OUTDIR" > /tmp/host_profile.log 2>&1 \
   || { echo "   host_profile failed or timed out:"; tail -5 /tmp/host_profile.log; }
 
 echo "== GPU bench (progress: $OUTDIR/bench.err; tables: $OUTDIR/gpu_bench.txt; figures: $OUTDIR/gpu.json)"

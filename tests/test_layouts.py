@@ -119,7 +119,8 @@ def test_pytorch_permute_and_slice_inputs(backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
-@pytest.mark.parametrize("layout", ["channels_last", "channels_last_3d", "transposed", "stepped", "expanded", "offset"])
+@pytest.mark.parametrize("layout", ["channels_last", "channels_last_3d", "transposed", "stepped", "expanded",
+                                    "repeated_last", "offset"])
 def test_named_layouts_every_isa(layout, dtype):
     shapes = {"channels_last": (3, 20, 5, 7), "channels_last_3d": (2, 17, 3, 4, 5)}
     if layout == "channels_last":
@@ -132,6 +133,8 @@ def test_named_layouts_every_isa(layout, dtype):
         x = torch.randn(40, 130, dtype=dtype)[:, ::2]
     elif layout == "expanded":
         x = torch.randn(1, 67, dtype=dtype).expand(33, 67)
+    elif layout == "repeated_last":  # stride 0 along the last dim: one element repeated along each row
+        x = torch.randn(33, 1, dtype=dtype).expand(33, 67)
     else:
         x = torch.randn(5000, dtype=dtype)[3:4003].view(40, 100)
     runs = [("python", None)] + [("compiled", isa) for isa in CPU_PATHS]
@@ -139,6 +142,31 @@ def test_named_layouts_every_isa(layout, dtype):
         with backend_ctx(backend), (cpu_isa_ctx(isa) if isa else contextlib.nullcontext()):
             for name, fn in _ops(x):
                 check_layout(x, name, fn, grad=layout != "expanded")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("storage", ["bits", "seed"])
+def test_gradient_of_a_reduction_every_isa(storage, dtype):
+    """.sum() and .mean() hand backward an expanded gradient (every stride 0): the gradient
+    is bit for bit that of the same dense gradient, on every backend and CPU path, for every
+    op (a residual or bias that requires grad gets its own gradient too)."""
+    x = torch.randn(6, 5, 70, dtype=dtype).to(memory_format=torch.contiguous_format)
+    xt = torch.randn(70, 5, 6, dtype=dtype).permute(2, 1, 0)  # output and gradient transposed
+    runs = [("python", None)] + [("compiled", isa) for isa in CPU_PATHS]
+    for base in (x, xt):
+        for backend, isa in runs:
+            with backend_ctx(backend), storage_ctx(storage), (cpu_isa_ctx(isa) if isa else contextlib.nullcontext()):
+                for name, fn in _ops(base):
+                    for reduce in ("sum", "mean"):
+                        leaf = base.detach().requires_grad_()
+                        out = fn(leaf, seed=SEED)
+                        (gx,) = torch.autograd.grad(getattr(out, reduce)(), leaf)
+                        # the gradient the reduction hands on, made dense
+                        o = out.detach().requires_grad_()
+                        (dense,) = torch.autograd.grad(getattr(o, reduce)(), o)
+                        (gd,) = torch.autograd.grad(fn(leaf, seed=SEED), leaf, dense.contiguous())
+                        assert gx.stride() == torch.empty_like(leaf).stride(), (name, backend, isa)
+                        assert_same_bits(gx, gd)
 
 
 def test_inplace_any_layout(backend):

@@ -14,10 +14,11 @@
 // leave forward through a pointer argument, so the node keeps no metadata for a second
 // output and sorts out no non-differentiable one (each costs host time per call).
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/SmallVector.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include <cstring>
+#include <algorithm>
 #include <optional>
 #include <vector>
 
@@ -69,61 +70,84 @@ bool any_requires_grad(std::initializer_list<const Tensor*> ts) {
   return false;
 }
 
+// Row-major strides of `sizes` (a dim of size 0 counts as 1, as torch.empty does).
+void rowmajor(at::IntArrayRef sizes, int64_t* out) {
+  int64_t st = 1;
+  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+    out[d] = st;
+    st *= std::max<int64_t>(sizes[d], 1);
+  }
+}
+
+bool is_rowmajor(at::IntArrayRef sizes, at::IntArrayRef strides) {
+  int64_t st = 1;
+  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+    if (strides[d] != st) return false;
+    st *= std::max<int64_t>(sizes[d], 1);
+  }
+  return true;
+}
+
 // What backward needs besides the saved tensor: the mask's description and the strides
-// of the forward output (the gradient gets them, as torch.empty_like(input) would). Kept
-// in one saved_data entry (each entry costs a string-keyed map insertion per call):
-// "mask" = [bits of p, kind, lead, ndim, strides..., (global_shape..., global_offset...)].
+// of the forward output (the gradient gets them, as torch.empty_like(input) would). The
+// common case costs one saved_data entry (each is a string-keyed map insertion per call):
+// "m" = the complex number p + (kind + 4 * lead)i, two exact doubles in one IValue (lead
+// is far below 2**53). Lists only where needed: "s" = the output's strides when they are
+// not row-major, "g" = global_shape then global_offset for a shard.
 struct MaskInfo {
   double p = 0;
   int64_t kind = 0;
   int64_t lead = 0;
   OptInts global_shape, global_offset;
 
-  static constexpr int64_t kHead = 4;  // p, kind, lead, ndim
-
   void save(AutogradContext* ctx, const Tensor& out, const Tensor& saved) const {
     // A gradient that never arrives stays undefined (backward checks) instead of being
     // materialized as zeros (a kernel launch per backward on the GPU).
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({saved});
-    const int64_t nd = out.dim();
-    std::vector<int64_t> mask;
-    mask.reserve(kHead + 3 * nd);
-    int64_t p_bits;
-    static_assert(sizeof(p_bits) == sizeof(p), "p travels as the bits of a double");
-    std::memcpy(&p_bits, &p, sizeof(p));
-    mask.push_back(p_bits);
-    mask.push_back(kind);
-    mask.push_back(lead);
-    mask.push_back(nd);
-    mask.insert(mask.end(), out.strides().begin(), out.strides().end());
+    ctx->saved_data["m"] = c10::complex<double>(p, static_cast<double>(kind + 4 * lead));
+    if (!is_rowmajor(out.sizes(), out.strides())) ctx->saved_data["s"] = out.strides();
     if (global_shape.has_value()) {
-      mask.insert(mask.end(), global_shape->begin(), global_shape->end());
-      mask.insert(mask.end(), global_offset->begin(), global_offset->end());
+      std::vector<int64_t> g(global_shape->begin(), global_shape->end());
+      g.insert(g.end(), global_offset->begin(), global_offset->end());
+      ctx->saved_data["g"] = std::move(g);
     }
-    ctx->saved_data["mask"] = std::move(mask);
   }
 
   // grad * keep * scale, the gradient of every op's dropped input.
   static Tensor grad_input(AutogradContext* ctx, const Tensor& grad) {
     const Tensor saved = ctx->get_saved_variables()[0];
-    const std::vector<int64_t> mask = ctx->saved_data.find("mask")->second.toIntVector();
-    double p;
-    std::memcpy(&p, &mask[0], sizeof(p));
-    const int64_t nd = mask[3];
-    const at::IntArrayRef all(mask);
-    const at::IntArrayRef strides = all.slice(kHead, nd);
+    const auto& data = ctx->saved_data;
+    const c10::complex<double> pm = data.find("m")->second.toComplexDouble();
+    const double p = pm.real();
+    const int64_t m = static_cast<int64_t>(pm.imag());
+    const int64_t nd = grad.dim();
+    // The forward output's strides: saved when they were not row-major.
+    std::vector<int64_t> saved_strides, g;
+    c10::SmallVector<int64_t, 8> row(nd);
+    at::IntArrayRef strides;
+    const bool more = data.size() > 1;
+    auto s = more ? data.find("s") : data.end();
+    if (s != data.end()) {
+      saved_strides = s->second.toIntVector();
+      strides = saved_strides;
+    } else {
+      rowmajor(grad.sizes(), row.data());
+      strides = row;
+    }
     OptInts gs, go;
-    if (static_cast<int64_t>(mask.size()) > kHead + nd) {
-      gs = all.slice(kHead + nd, nd);
-      go = all.slice(kHead + 2 * nd, nd);
+    auto gi = more ? data.find("g") : data.end();
+    if (gi != data.end()) {
+      g = gi->second.toIntVector();
+      gs = at::IntArrayRef(g).slice(0, nd);
+      go = at::IntArrayRef(g).slice(nd, nd);
     }
     // The usual backward records nothing, so it goes past the autograd kernel straight to
     // the device's (one dispatcher pass instead of two); create_graph goes through it, so
     // that the backward op records its own node.
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
-    return backward_op().call(grad, saved, p, mask[1], mask[2], gs, go, OptInts(strides));
+    return backward_op().call(grad, saved, p, m & 3, m >> 2, gs, go, OptInts(strides));
   }
 };
 

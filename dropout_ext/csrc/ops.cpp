@@ -4,8 +4,12 @@
 // dispatch keys. Autograd is in autograd.cpp, fake kernels in dropout_ext/_ops.py; the
 // Python backend declares the same schemas under `dropout_ext_py` (a test compares them).
 #include <ATen/ATen.h>
+#include <ATen/EmptyTensor.h>
 #include <c10/core/DeviceGuard.h>
 #include <torch/library.h>
+#ifdef DROPOUT_EXT_WITH_CUDA
+#include <ATen/cuda/EmptyTensor.h>
+#endif
 
 #include <optional>
 #include <string>
@@ -123,6 +127,30 @@ void check_bias(const Tensor& input, const Tensor& bias) {
               input.dim() >= 1 ? std::to_string(input.size(-1)) : std::string("none"), "), got shape ", bias.sizes());
 }
 
+// Outputs straight from the device's allocator, as torch's own kernels make theirs
+// (at::detail::empty_strided_cpu / _cuda): no dispatcher pass per allocation, which is
+// host time on every call. Every element of these outputs is written by the pass, so
+// the NaN fill of uninitialized memory under torch.use_deterministic_algorithms has
+// nothing to show. Other devices go through the dispatcher.
+Tensor empty_strided_on(at::IntArrayRef sizes, at::IntArrayRef strides, at::ScalarType dtype, at::Device device) {
+#ifdef DROPOUT_EXT_WITH_CUDA
+  if (device.is_cuda()) return Tensor(at::detail::empty_strided_cuda(sizes, strides, dtype, device));
+#endif
+  if (device.is_cpu()) return Tensor(at::detail::empty_strided_cpu(sizes, strides, dtype));
+  return at::empty_strided(sizes, strides, at::TensorOptions().dtype(dtype).device(device));
+}
+
+Tensor empty_1d(int64_t n, at::ScalarType dtype, at::Device device) {
+  return empty_strided_on({n}, {1}, dtype, device);
+}
+
+// at::empty_like(t): t's strides when it is dense (the common case, here without the
+// dispatcher), else what empty_like infers.
+Tensor empty_like_dense(const Tensor& t) {
+  if (!t.is_non_overlapping_and_dense()) return at::empty_like(t);
+  return empty_strided_on(t.sizes(), t.strides(), t.scalar_type(), t.device());
+}
+
 // Mask words of the local tensor: its leading `lead` dims.
 int64_t mask_words(const Tensor& input, int64_t lead) {
   int64_t n = 1;
@@ -180,7 +208,7 @@ void set_rng(PassArgs& a, const Call& c, Tensor* saved_rng) {
 #ifdef DROPOUT_EXT_WITH_CUDA
     cuda_draw_rng(*c.gen, input.device(), a);
     if (saved_rng) {
-      *saved_rng = at::empty({2}, input.options().dtype(at::kLong));
+      *saved_rng = empty_1d(2, at::kLong, input.device());
       a.rng_out = saved_rng->data_ptr<int64_t>();
     }
     return;
@@ -189,7 +217,7 @@ void set_rng(PassArgs& a, const Call& c, Tensor* saved_rng) {
   TORCH_CHECK(input.device().is_cpu(), "dropout_ext: no kernel for device ", input.device());
   cpu_draw_rng(*c.gen, a.mask);
   if (saved_rng) {
-    *saved_rng = at::empty({2}, input.options().dtype(at::kLong));
+    *saved_rng = empty_1d(2, at::kLong, input.device());
     saved_rng->data_ptr<int64_t>()[0] = static_cast<int64_t>(a.mask.key);
     saved_rng->data_ptr<int64_t>()[1] = static_cast<int64_t>(a.mask.base);
   }
@@ -274,10 +302,10 @@ void run_mask_pass(const PassArgs& data, const Call& c, uint8_t* bits, int64_t w
 // rounded up to whole 32-bit words (the sizes are then set back, no view), because the
 // tile kernel ORs bits in with 32-bit atomics on the aligned word that holds a byte
 // (cuda/kernels.cuh, or_bits).
-Tensor bit_buffer(int64_t words, const at::TensorOptions& options) {
+Tensor bit_buffer(int64_t words, const at::Device& device) {
   const int64_t bytes = (words + 7) / 8;
-  if (!options.device().is_cuda()) return at::empty({bytes}, options.dtype(at::kByte));
-  Tensor t = at::empty({(bytes + 3) / 4 * 4}, options.dtype(at::kByte));
+  if (!device.is_cuda()) return empty_1d(bytes, at::kByte, device);
+  Tensor t = empty_1d((bytes + 3) / 4 * 4, at::kByte, device);
   t.unsafeGetTensorImpl()->set_sizes_contiguous({bytes});
   return t;
 }
@@ -302,7 +330,7 @@ void run_data(PassArgs a, const Call& c, const Tensor& out, uint8_t* bits_out, c
     // ... else draw the (small) mask of words first, then stream the data from it.
     uint8_t* bits = bits_out;
     if (!bits) {
-      scratch = bit_buffer(words, input.options());
+      scratch = bit_buffer(words, input.device());
       bits = scratch.data_ptr<uint8_t>();
     }
     run_mask_pass(a, c, bits, words);
@@ -320,7 +348,7 @@ void run_data(PassArgs a, const Call& c, const Tensor& out, uint8_t* bits_out, c
   const Tensor x = input.contiguous();
   const Tensor r = c.residual ? c.residual->contiguous() : Tensor();
   const Tensor b = c.bias ? c.bias->contiguous() : Tensor();
-  const Tensor tmp = at::empty(input.sizes(), input.options());
+  const Tensor tmp = at::empty(input.sizes(), input.options());  // rare: more dims than kMaxDims
   TORCH_CHECK(describe(a, c, tmp, x, c.residual ? &r : nullptr, c.bias ? &b : nullptr),
               "dropout_ext: cannot describe a row-major tensor");
   run_pass(a, input.device());
@@ -338,7 +366,7 @@ std::tuple<Tensor, Tensor> forward(const Call& c, const Tensor* inplace) {
   if (c.residual) check_residual(input, *c.residual);
   if (c.bias) check_bias(input, *c.bias);
   c10::OptionalDeviceGuard guard(input.device());
-  const Tensor out = inplace ? *inplace : at::empty_like(input);
+  const Tensor out = inplace ? *inplace : empty_like_dense(input);
   const int64_t words = mask_words(input, c.lead);
   Tensor saved;
   PassArgs a;
@@ -346,10 +374,10 @@ std::tuple<Tensor, Tensor> forward(const Call& c, const Tensor* inplace) {
   set_rng(a, c, c.save == kSaveRng ? &saved : nullptr);
   uint8_t* bits_out = nullptr;
   if (c.save == kSaveBits) {
-    saved = bit_buffer(words, input.options());
+    saved = bit_buffer(words, input.device());
     bits_out = saved.data_ptr<uint8_t>();
   } else if (c.save == kSaveNone) {
-    saved = at::empty({0}, input.options().dtype(at::kByte));
+    saved = empty_1d(0, at::kByte, input.device());
   }
   run_data(a, c, out, bits_out, nullptr);
   return {out, saved};
@@ -436,11 +464,11 @@ Tensor dropout_backward_kernel(const Tensor& grad, const Tensor& saved, double p
   if (strides.has_value()) {
     TORCH_CHECK_VALUE(static_cast<int64_t>(strides->size()) == grad.dim(), "dropout_ext: strides need ", grad.dim(),
                       " entries, got ", *strides);
-    out = at::empty_strided(grad.sizes(), *strides, grad.options());
+    out = empty_strided_on(grad.sizes(), *strides, grad.scalar_type(), grad.device());
     TORCH_CHECK_VALUE(out.is_non_overlapping_and_dense(), "dropout_ext: strides ", *strides,
                       " are not dense for shape ", grad.sizes());
   } else {
-    out = at::empty_like(grad);
+    out = empty_like_dense(grad);
   }
   PassArgs a;
   a.dtype = dtype_of(grad);
