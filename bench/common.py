@@ -1,6 +1,7 @@
 """Timing helpers shared by the CPU and GPU benches (SPEC section 5): contenders timed
 in one process, interleaved round by round in a rotating order, median of >= 20
 repetitions."""
+import gc
 import glob
 import logging
 import os
@@ -9,6 +10,11 @@ import sys
 import time
 
 MIN_REPS = 20  # SPEC section 5: medians of at least 20 interleaved repetitions
+# Python's cyclic garbage collector runs when the program has allocated enough objects,
+# wherever that happens; a collection landing inside a timed sample charges the whole
+# process's object graph to the contender that happened to run (as timeit, the samples
+# run with it off, and it collects between them). BENCH_KEEP_GC=1 keeps it on.
+KEEP_GC = os.environ.get("BENCH_KEEP_GC") == "1"
 
 
 def _calibrate(fn, target, cap=10000):
@@ -29,7 +35,8 @@ def interleaved_samples(fns, reps, warmup=2, sync=None, inner=1, timer=None):
     contender to about 2 ms per sample): small calls are timed as the mean of a burst, so
     the figure is host time per call. sync: called before and after each sample (e.g.
     torch.cuda.synchronize). timer: optional (name, fn, inner) -> seconds per call, to
-    time a sample another way (CUDA events)."""
+    time a sample another way (CUDA events). The samples run with the cyclic garbage
+    collector off (see KEEP_GC); young objects are collected between them."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -42,20 +49,29 @@ def interleaved_samples(fns, reps, warmup=2, sync=None, inner=1, timer=None):
     counts = inner if isinstance(inner, dict) else {name: inner for name in fns}
     times = {name: [] for name in fns}
     names = list(fns)
-    for r in range(reps):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            fn, k = fns[name], counts[name]
-            if timer is not None:
-                times[name].append(timer(name, fn, k))
-                continue
-            if sync:
-                sync()
-            t0 = time.perf_counter()
-            for _ in range(k):
-                fn()
-            if sync:
-                sync()
-            times[name].append((time.perf_counter() - t0) / k)
+    gc_was_on = gc.isenabled()
+    try:
+        for r in range(reps):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                fn, k = fns[name], counts[name]
+                if gc_was_on and not KEEP_GC:
+                    gc.enable()
+                    gc.collect(0)  # between samples: the young objects of the last one
+                    gc.disable()
+                if timer is not None:
+                    times[name].append(timer(name, fn, k))
+                    continue
+                if sync:
+                    sync()
+                t0 = time.perf_counter()
+                for _ in range(k):
+                    fn()
+                if sync:
+                    sync()
+                times[name].append((time.perf_counter() - t0) / k)
+    finally:
+        if gc_was_on:
+            gc.enable()
     return times
 
 
