@@ -16,6 +16,7 @@ child process with jemalloc preloaded (--no-jemalloc to skip).
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,8 +26,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (JEMALLOC_CONF, MIN_REPS, Report, allocator_in_use, cpu_model, faults_per_call,  # noqa: E402
-                    find_jemalloc, fresh_compile, fwd_bwd, interleaved, layout_contenders, loadavg, log2name,
-                    progress, quiet_torch_logs, ratio, reset_compiled, saved_bytes, shape_name, shard_contenders, storage_contenders, with_storage)
+                    find_jemalloc, fresh_compile, fwd_bwd, interleaved, interleaved_samples, layout_contenders,
+                    loadavg, log2name, paired_ratio, progress, quiet_torch_logs, ratio, reset_compiled, saved_bytes, shape_name, shard_contenders, storage_contenders, with_storage)
 
 import dropout_ext  # noqa: E402
 from dropout_ext import _backend  # noqa: E402
@@ -246,22 +247,25 @@ def bench_per_call(log_sizes, reps):
         n = 1 << k
         progress("per call %s" % log2name(n))
         x = torch.randn(n)
-        t = interleaved({
+        samples = interleaved_samples({
             "fwd ours": lambda: F.dropout(x, P),
             "fwd torch": lambda: TF.dropout(x, P),
             "f+b ours": fwd_bwd(lambda a: F.dropout(a, P), x),
             "f+b torch": fwd_bwd(lambda a: TF.dropout(a, P), x),
         }, reps, warmup=5, inner="auto")
+        t = {k: statistics.median(v) for k, v in samples.items()}
         for what, label in (("fwd", "forward"), ("f+b", "forward + .sum().backward()")):
             rows.append({"numel": log2name(n), "n": n, "pass": label, "us ours": us(t[what + " ours"]),
                          "us torch": us(t[what + " torch"]), "ours/torch": ratio(t[what + " ours"], t[what + " torch"]),
+                         "paired": round(paired_ratio(samples, what + " ours", what + " torch"), 2),
                          "seconds": {"ours": t[what + " ours"], "torch": t[what + " torch"]}})
     return rows
 
 
-PER_CALL_COLUMNS = ["numel", "pass", "us ours", "us torch", "ours/torch"]
+PER_CALL_COLUMNS = ["numel", "pass", "us ours", "us torch", "ours/torch", "paired"]
 PER_CALL_NOTES = ["Host time per call (float32, mean of a burst of calls per sample, median of samples);"
-                  " ours/torch = ours' time / torch's (lower is better). Goal (issue 10): <= 1.0."]
+                  " ours/torch = ours' time / torch's (lower is better); paired = the median over rounds of ours /"
+                  " torch's in the same round. Goal (issue 10): <= 1.0."]
 
 
 # ----------------------------------------------------------------------------- layouts

@@ -75,6 +75,13 @@ def interleaved_samples(fns, reps, warmup=2, sync=None, inner=1, timer=None):
     return times
 
 
+def paired_ratio(samples, a, b):
+    """Median over rounds of a's sample / b's sample in the same round: a paired ratio,
+    which a slow phase of the machine that spans a round moves less than it moves the
+    ratio of the two medians."""
+    return statistics.median(x / y for x, y in zip(samples[a], samples[b]))
+
+
 def interleaved(fns, reps, warmup=2, sync=None, inner=1, timer=None):
     """{name: median seconds per call} of interleaved_samples (same arguments)."""
     samples = interleaved_samples(fns, reps, warmup, sync, inner, timer)
