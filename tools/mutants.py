@@ -247,6 +247,22 @@ MUTANTS = [
            "    if (a.bits_in || !data || !data_strides(1, 1) || !data_strides(0, c)) return false;",
            [T_EMU + "::test_flat_column_shards"], needs_build=True,
            why="CUDA planner: row mode only for rows of whole units of 8"),
+    # ---- C++ autograd and the CPU lanes of the per-call work (issue 10)
+    Mutant("autograd-lead-packing", "dropout_ext/csrc/autograd.cpp",
+           "    return backward_op().call(grad, saved, p, m & 3, m >> 2, gs, go, OptInts(strides));",
+           "    return backward_op().call(grad, saved, p, m & 3, m >> 1, gs, go, OptInts(strides));",
+           [T_FAM], needs_build=True,
+           why="backward unpacks lead from the saved entry with the wrong shift"),
+    Mutant("autograd-strides-rowmajor", "dropout_ext/csrc/autograd.cpp",
+           "    if (!is_rowmajor(out.sizes(), out.strides())) ctx->saved_data[\"s\"] = out.strides();",
+           "    if (!out.is_contiguous()) ctx->saved_data[\"s\"] = out.strides();",
+           ["tests/test_layouts.py::test_any_strides_every_op"], needs_build=True,
+           why="the gradient's strides: a contiguous output with odd strides on size-1 dims taken as row-major"),
+    Mutant("cpu-repeated-lane", "dropout_ext/csrc/cpu/engine.inc",
+           "    if (lane[kX] == 0) {\n      for (int q = 0; q < 16; ++q) xs[q] = x[0];",
+           "    if (lane[kX] == 2) {\n      for (int q = 0; q < 16; ++q) xs[q] = x[0];",
+           ["tests/test_layouts.py::test_gradient_of_a_reduction_every_isa"], needs_build=True,
+           why="CPU lanes: an operand repeated along the lanes (stride 0) read as contiguous"),
 ]
 
 CONFIGS = {
