@@ -49,15 +49,15 @@ def interleaved_samples(fns, reps, warmup=2, sync=None, inner=1, timer=None):
     counts = inner if isinstance(inner, dict) else {name: inner for name in fns}
     times = {name: [] for name in fns}
     names = list(fns)
-    gc_was_on = gc.isenabled()
+    gc_off = gc.isenabled() and not KEEP_GC
+    if gc_off:
+        gc.disable()
     try:
         for r in range(reps):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 fn, k = fns[name], counts[name]
-                if gc_was_on and not KEEP_GC:
-                    gc.enable()
+                if gc_off:
                     gc.collect(0)  # between samples: the young objects of the last one
-                    gc.disable()
                 if timer is not None:
                     times[name].append(timer(name, fn, k))
                     continue
@@ -70,7 +70,7 @@ def interleaved_samples(fns, reps, warmup=2, sync=None, inner=1, timer=None):
                     sync()
                 times[name].append((time.perf_counter() - t0) / k)
     finally:
-        if gc_was_on:
+        if gc_off:
             gc.enable()
     return times
 

@@ -70,6 +70,7 @@ t0=$(date +%s)
 # (the machine has cores to spare), under their own timeout, so that they can hide neither
 # the kernel tests nor the figures; the bench starts when both are done.
 TC=$(clamp $(( $(left) - 170 )) 60 180)
+rm -f /tmp/gpu_check_compile_rc
 ( timeout -k 10 "$TC" $PY -m pytest -q -rfE -p no:cacheprovider -k "$COMPILE_TESTS" tests/test_cuda.py \
     tests/test_cuda_kernels.py > "$OUTDIR/tests_compile.log" 2>&1; echo $? > /tmp/gpu_check_compile_rc ) &
 COMPILE_PID=$!

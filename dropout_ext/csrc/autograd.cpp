@@ -14,12 +14,11 @@
 // leave forward through a pointer argument, so the node keeps no metadata for a second
 // output and sorts out no non-differentiable one (each costs host time per call).
 #include <ATen/core/dispatch/Dispatcher.h>
-#include <c10/util/SmallVector.h>
+#include <c10/util/strides.h>
 #include <torch/autograd.h>
 #include <torch/library.h>
 #include <torch/version.h>
 
-#include <algorithm>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -73,24 +72,6 @@ bool any_requires_grad(std::initializer_list<const Tensor*> ts) {
   return false;
 }
 
-// Row-major strides of `sizes` (a dim of size 0 counts as 1, as torch.empty does).
-void rowmajor(at::IntArrayRef sizes, int64_t* out) {
-  int64_t st = 1;
-  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
-    out[d] = st;
-    st *= std::max<int64_t>(sizes[d], 1);
-  }
-}
-
-bool is_rowmajor(at::IntArrayRef sizes, at::IntArrayRef strides) {
-  int64_t st = 1;
-  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
-    if (strides[d] != st) return false;
-    st *= std::max<int64_t>(sizes[d], 1);
-  }
-  return true;
-}
-
 // What backward needs besides the saved tensor: the mask's description and the strides
 // of the forward output (the gradient gets them, as torch.empty_like(input) would). The
 // common case costs one saved_data entry (each is a string-keyed map insertion per call):
@@ -109,7 +90,9 @@ struct MaskInfo {
     ctx->set_materialize_grads(false);
     ctx->save_for_backward({saved});
     ctx->saved_data["m"] = c10::complex<double>(p, static_cast<double>(kind + 4 * lead));
-    if (!is_rowmajor(out.sizes(), out.strides())) ctx->saved_data["s"] = out.strides();
+    if (out.strides() != at::IntArrayRef(c10::contiguous_strides(out.sizes()))) {
+      ctx->saved_data["s"] = out.strides();
+    }
     if (global_shape.has_value()) {
       std::vector<int64_t> g(global_shape->begin(), global_shape->end());
       g.insert(g.end(), global_offset->begin(), global_offset->end());
@@ -126,18 +109,16 @@ struct MaskInfo {
     const int64_t m = static_cast<int64_t>(pm.imag());
     const int64_t nd = grad.dim();
     // The forward output's strides: saved when they were not row-major.
-    std::vector<int64_t> saved_strides, g;
-    c10::SmallVector<int64_t, 8> row(nd);
-    at::IntArrayRef strides;
     const bool more = data.size() > 1;
     auto s = more ? data.find("s") : data.end();
+    c10::DimVector strides;
     if (s != data.end()) {
-      saved_strides = s->second.toIntVector();
-      strides = saved_strides;
+      const std::vector<int64_t> v = s->second.toIntVector();
+      strides.assign(v.begin(), v.end());
     } else {
-      rowmajor(grad.sizes(), row.data());
-      strides = row;
+      strides = c10::contiguous_strides(grad.sizes());
     }
+    std::vector<int64_t> g;
     OptInts gs, go;
     auto gi = more ? data.find("g") : data.end();
     if (gi != data.end()) {
@@ -150,7 +131,7 @@ struct MaskInfo {
     // that the backward op records its own node.
     std::optional<at::AutoDispatchBelowADInplaceOrView> below_autograd;
     if (!at::GradMode::is_enabled()) below_autograd.emplace();
-    return backward_op().call(grad, saved, p, m & 3, m >> 2, gs, go, OptInts(strides));
+    return backward_op().call(grad, saved, p, m & 3, m >> 2, gs, go, OptInts(at::IntArrayRef(strides)));
   }
 };
 
