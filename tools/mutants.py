@@ -249,8 +249,8 @@ MUTANTS = [
            why="CUDA planner: row mode only for rows of whole units of 8"),
     # ---- C++ autograd and the CPU lanes of the per-call work (issue 10)
     Mutant("autograd-lead-packing", "dropout_ext/csrc/autograd.cpp",
-           "    return backward_op().call(grad, saved, p, m & 3, m >> 2, gs, go, OptInts(strides));",
-           "    return backward_op().call(grad, saved, p, m & 3, m >> 1, gs, go, OptInts(strides));",
+           "    return backward_op().call(grad, saved, p, m & 3, m >> 2, gs, go, OptInts(at::IntArrayRef(strides)));",
+           "    return backward_op().call(grad, saved, p, m & 3, m >> 1, gs, go, OptInts(at::IntArrayRef(strides)));",
            [T_FAM], needs_build=True,
            why="backward unpacks lead from the saved entry with the wrong shift"),
     Mutant("autograd-strides-rowmajor", "dropout_ext/csrc/autograd.cpp",
