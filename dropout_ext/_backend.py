@@ -22,44 +22,31 @@ def _flag(name):
 
 FORCE_PYTHON = _flag("DROPOUT_EXT_FORCE_PYTHON")
 
-_ops.define_python_namespace()
-_ops.register_fakes("dropout_ext_py")
-_python_ops = torch.ops.dropout_ext_py
-_ops.register_python_autograd(_python_ops)
-_compiled_ops = None
+# The op library is defined (with its fake kernels) before the extension is imported:
+# the extension registers kernels for it.
+_ops.define_library("dropout_ext")
 _compiled_module = None  # the extension module: its entry points serve the common case
 load_error = None
 
-
-def _register_compiled(module):
-    """Fake kernels of the compiled namespace (its autograd is C++)."""
-    global _compiled_ops, _compiled_module
-    _ops.register_fakes("dropout_ext")
-    _compiled_ops = torch.ops.dropout_ext
-    _compiled_module = module
-
-
 if not FORCE_PYTHON:
     try:
-        from . import _C  # registers torch.ops.dropout_ext
+        from . import _C  # registers the compiled kernels of torch.ops.dropout_ext
 
-        _register_compiled(_C)
+        _compiled_module = _C
     except (ImportError, OSError) as e:  # not built, or built against another torch
         load_error = e
+if _compiled_module is None:
+    _ops.register_fallback()
 
 
 class _Ops:
-    """The op overloads of the backend in use, looked up once (the public functions call
-    them on every call)."""
+    """The op overloads of a namespace, looked up once (the public functions call them on
+    every call)."""
 
     def __init__(self, namespace):
         self.namespace = namespace
-        self.dropout = namespace.dropout.default
-        self.dropout_ = namespace.dropout_.default
-        self.dropout_add = namespace.dropout_add.default
-        self.bias_dropout_add = namespace.bias_dropout_add.default
-        self.dropout_backward = namespace.dropout_backward.default
-        self.philox4x32_10 = namespace.philox4x32_10.default
+        for name in _ops.SCHEMAS:
+            setattr(self, name, getattr(namespace, name).default)
 
 
 # What backward keeps: "bits" saves the packed keep bits the forward pass writes (numel / 8
@@ -70,20 +57,14 @@ _backward_storage = os.environ.get("DROPOUT_EXT_BACKWARD", "bits").strip().lower
 if _backward_storage not in BACKWARD_STORAGE:
     raise ValueError("DROPOUT_EXT_BACKWARD must be 'seed' or 'bits', got %r" % _backward_storage)
 
-# Read by functional.py on every call: the ops in use, the compiled module's entry points
-# when the compiled backend is in use (else None), and what backward keeps.
-OPS = None
-FAST = None
+# Read on every call: the ops in use (an _Ops, or the Python kernels called directly),
+# the compiled module's entry points when the compiled kernels serve the API (else None),
+# and what backward keeps.
+OPS = _Ops(torch.ops.dropout_ext)
+FAST = _compiled_module
 SAVE = BACKWARD_STORAGE[_backward_storage]
-
-
-def _activate(namespace):
-    global OPS, FAST
-    OPS = _Ops(namespace)
-    FAST = _compiled_module if namespace is _compiled_ops else None
-
-
-_activate(_compiled_ops if _compiled_ops is not None else _python_ops)
+_python_kernels = None
+_testing_ops = None
 
 
 def _warn_fallback():
@@ -102,9 +83,8 @@ def build(verbose: bool = True, build_directory: Optional[str] = None) -> Tuple[
     installed torch with torch.utils.cpp_extension.load (into torch's extension cache, or
     `build_directory`), load them and switch every op to the compiled kernels. Returns
     compiled_backends(). Nothing happens if the compiled kernels are already loaded."""
-    global load_error
-    if _compiled_ops is not None:
-        _activate(_compiled_ops)
+    global load_error, _compiled_module, FAST
+    if _compiled_module is not None:
         return compiled_backends()
     from torch.utils import cpp_extension
 
@@ -138,28 +118,50 @@ def build(verbose: bool = True, build_directory: Optional[str] = None) -> Tuple[
         is_python_module=True,
         verbose=verbose,
     )
-    _register_compiled(module)
-    _activate(_compiled_ops)
+    _ops.unregister_fallback()  # the compiled kernels replace the Python ones under the same names
+    _compiled_module = FAST = module
     load_error = None
     return compiled_backends()
 
 
 def ops():
-    """The op namespace in use: torch.ops.dropout_ext or torch.ops.dropout_ext_py."""
-    return OPS.namespace
+    """The ops the API calls: torch.ops.dropout_ext's overloads (compiled or fallback
+    kernels), or another backend inside use()."""
+    return OPS
 
 
 def compiled_ops():
-    return _compiled_ops
+    """torch.ops.dropout_ext when the compiled kernels serve it, else None."""
+    return torch.ops.dropout_ext if _compiled_module is not None else None
 
 
-def python_ops():
-    return _python_ops
+def python_kernels():
+    """The pure-Python kernels, called directly (with their autograd), whatever serves the
+    op names: how tests compare the backends in one process."""
+    global _python_kernels
+    if _python_kernels is None:
+        _python_kernels = _ops.PythonKernels()
+    return _python_kernels
+
+
+def testing_ops():
+    """torch.ops.dropout_ext_testing: the development extension's ops (the CUDA kernels
+    run on the host by an emulator, test-only ops), or None when it was not built
+    (DROPOUT_EXT_TESTING=1 at build time builds it)."""
+    global _testing_ops
+    if _testing_ops is None and _compiled_module is not None:
+        namespace = _ops.define_library("dropout_ext_testing")
+        try:
+            from . import _testing  # noqa: F401  registers the testing namespace's kernels
+        except (ImportError, OSError):
+            return None
+        _testing_ops = namespace
+    return _testing_ops
 
 
 def compiled_backends() -> Tuple[str, ...]:
     """Device types whose compiled kernels are in use; () when the Python fallback runs."""
-    if _compiled_ops is None or OPS.namespace is not _compiled_ops:
+    if _compiled_module is None or FAST is None:
         return ()
     has_cuda = torch._C._dispatch_has_kernel_for_dispatch_key("dropout_ext::dropout", "CUDA")
     return ("cpu", "cuda") if has_cuda else ("cpu",)
@@ -167,20 +169,27 @@ def compiled_backends() -> Tuple[str, ...]:
 
 @contextlib.contextmanager
 def use(backend):
-    """Temporarily run the API on "compiled" or "python" kernels (tests, bench)."""
-    if backend == "compiled":
-        if _compiled_ops is None:
-            raise RuntimeError("dropout_ext: the compiled extension is not loaded (%s)" % (load_error,))
-        new = _compiled_ops
-    elif backend == "python":
-        new = _python_ops
-    else:
-        raise ValueError("backend must be 'compiled' or 'python', got %r" % (backend,))
+    """Temporarily run the API on other kernels (tests, bench): "compiled" (the default
+    when built), "python" (the Python kernels called directly) or "emulator" (the CUDA
+    kernels emulated on the host, from the development extension)."""
     global OPS, FAST
+    if backend == "compiled":
+        if _compiled_module is None:
+            raise RuntimeError("dropout_ext: the compiled extension is not loaded (%s)" % (load_error,))
+        new = _Ops(torch.ops.dropout_ext), _compiled_module
+    elif backend == "python":
+        new = python_kernels(), None
+    elif backend == "emulator":
+        if testing_ops() is None:
+            raise RuntimeError("dropout_ext: the development extension dropout_ext._testing is not built "
+                               "(build with DROPOUT_EXT_TESTING=1)")
+        new = _Ops(testing_ops()), None
+    else:
+        raise ValueError("backend must be 'compiled', 'python' or 'emulator', got %r" % (backend,))
     old = OPS, FAST
-    _activate(new)
+    OPS, FAST = new
     try:
-        yield new
+        yield OPS
     finally:
         OPS, FAST = old
 
@@ -200,13 +209,13 @@ def set_backward_storage(mode: str) -> None:
 
 def cpu_isa(request=""):
     """The CPU SIMD path in use ("scalar", "avx2", "avx512"); a request switches it."""
-    if _compiled_ops is None:
+    if _compiled_module is None:
         return "python"
     return torch.ops.dropout_ext._cpu_isa(request)
 
 
 def cpu_isas_supported():
-    if _compiled_ops is None:
+    if _compiled_module is None:
         return []
     return list(torch.ops.dropout_ext._cpu_isas_supported())
 

@@ -1,4 +1,4 @@
-"""DTensor inputs: run the op on the local shard with the shard's place in the global
+"""DTensor inputs: run the call on the local shard with the shard's place in the global
 tensor (global_shape=, global_offset=) and wrap the result back with the input's
 placements, shape and stride. Each shard then draws exactly its slice of the mask of one
 unsharded call, with no communication.
@@ -62,26 +62,24 @@ def _bias(bias, input, offset, local_shape):
     return bias.redistribute(input.device_mesh, placements).to_local(grad_placements=grad_placements)
 
 
-def run(op, input, p, kind, lead, inplace, seed, generator, global_shape, global_offset, residual, bias):
-    """functional._run for a DTensor input (the arguments are _run's)."""
-    from . import functional
-
-    if global_shape is not None or global_offset is not None:
+def run(c, run_local):
+    """The output of Call `c` (_route.py) for a DTensor input: `run_local` runs the call
+    built for the local shard (with its global shape and offset)."""
+    input = c.input
+    if c.global_shape is not None or c.global_offset is not None:
         raise ValueError("dropout_ext: a DTensor input carries its own global shape and offset; "
                          "do not pass global_shape= or global_offset=")
     _check_placements(input)
     mesh, placements, shape = input.device_mesh, input.placements, tuple(input.shape)
     local_shape, offset = compute_local_shape_and_global_offset(shape, mesh, placements)
-    if residual is not None:
-        residual = _residual(residual, input, offset, local_shape)
-    if bias is not None:
-        bias = _bias(bias, input, offset, local_shape)
+    residual = _residual(c.residual, input, offset, local_shape) if c.residual is not None else None
+    bias = _bias(c.bias, input, offset, local_shape) if c.bias is not None else None
 
     def local_op(local, inplace):
-        return functional._run(op, local, p, kind, lead, inplace, seed, generator, shape, offset,
-                               residual=residual, bias=bias)
+        return run_local(c.replace(input=local, inplace=inplace, global_shape=shape, global_offset=offset,
+                                   residual=residual, bias=bias))
 
-    if inplace and not (torch.is_grad_enabled() and input.requires_grad):
+    if c.inplace and not (torch.is_grad_enabled() and input.requires_grad):
         # Write into the local shard; bump the DTensor's version as an in-place op would.
         with torch.no_grad():
             local_op(input.to_local(), True)
@@ -92,4 +90,4 @@ def run(op, input, p, kind, lead, inplace, seed, generator, global_shape, global
     out = DTensor.from_local(local_op(input.to_local(), False), mesh, placements, run_check=False,
                              shape=input.shape, stride=stride)
     # In place with autograd: torch's copy_ records the edge (and refuses a leaf).
-    return input.copy_(out) if inplace else out
+    return input.copy_(out) if c.inplace else out

@@ -64,19 +64,23 @@ class KeepMask(torch.autograd.Function):
         return KeepMask.apply(x, rng, generator, p, lead + 1, global_shape, global_offset), 0
 
 
-def run(op, input, rng, generator, p, kind, lead, global_shape, global_offset, residual=None, bias=None):
-    """The op's output in torch ops around KeepMask (see the module docstring)."""
+def run(c, rng, generator):
+    """The output of Call `c` (_route.py) in torch ops around KeepMask (see the module
+    docstring). The op checks only the mask's leading dims: the whole call is checked here."""
+    input, p, kind = c.input, c.p, c.kind
+    _reference._check_call(input, p, kind, c.lead, 0, c.global_shape, c.global_offset, generator, rng,
+                           c.residual, c.bias)
     acc = _acc(input.dtype)
-    keep = KeepMask.apply(input, rng, generator, p, lead, global_shape, global_offset)
+    keep = KeepMask.apply(input, rng, generator, p, c.lead, c.global_shape, c.global_offset)
     x = input.to(acc)
     if kind == _reference.KIND_ALPHA:
         a = _reference.keep_scale(p, kind)
         shift = (keep - 1) * (_reference.SELU_ALPHA * a) + _reference.SELU_ALPHA * a * p
         return (x * (keep * a) + shift).to(input.dtype)
     factor = keep * _reference.keep_scale(p, kind)
-    if bias is not None:
-        x = x + bias.to(acc)
+    if c.bias is not None:
+        x = x + c.bias.to(acc)
     y = x * factor
-    if residual is not None:
-        y = residual.to(acc) + y
+    if c.residual is not None:
+        y = c.residual.to(acc) + y
     return y.to(input.dtype)

@@ -1,9 +1,22 @@
-"""Op schemas and fake kernels of both backends, and the Python backend's autograd.
+"""The op layer in Python: each op's schema, written once, and its fake kernel; the
+pure-Python kernels with their autograd, registered under the same op names when the
+compiled extension is not loaded.
 
-`dropout_ext` holds the compiled kernels (schemas declared in csrc/ops.h, autograd in
-csrc/autograd.cpp); `dropout_ext_py` holds the same schemas with the pure-Python kernels
-of _reference.py and the Python autograd formulas below. Both get the same fake kernels,
-so torch.compile traces either.
+The library `dropout_ext` is defined here from SCHEMAS before the extension is
+imported; the extension registers only kernels for it (TORCH_LIBRARY_IMPL in csrc/),
+its autograd in C++ (csrc/autograd.cpp). The arguments the schemas share:
+  rng      int64[2] (key, base) as data (seed=, or drawn in Python under torch.compile);
+           None: drawn from `generator` (or the device's default one) by the kernel.
+  kind     0: out = x * keep / (1 - p); 1: x * keep; 2: alpha dropout (SELU).
+  lead     the leading dims that index the mask: input.dim() for element-wise dropout,
+           2 for channel-wise (N, C), 1 for drop_path and unbatched channel dropout.
+  save     what the second output holds for backward: 0 nothing (an empty uint8 tensor),
+           1 the packed keep bits (uint8, ceil(words / 8)), 2 the (key, base) pair (int64[2]).
+           An input that requires grad needs 1 or 2.
+  global_shape, global_offset  the input is the shard at global_offset of a tensor of
+           global_shape: its mask is that shard's slice of the full tensor's mask.
+  strides  (backward) the gradient's strides: those of the forward output.
+See docs/design.md for the mask and the layouts.
 """
 import math
 
@@ -11,47 +24,46 @@ import torch
 
 from . import _reference
 
-# Must match kSchemas in csrc/ops.h (tests/test_library.py compares them).
+_SHARD = "int[]? global_shape=None, int[]? global_offset=None"
 SCHEMAS = {
     "dropout": "dropout(Tensor input, Tensor? rng, Generator? generator, float p, int kind, int lead, int save, "
-               "int[]? global_shape=None, int[]? global_offset=None) -> (Tensor, Tensor)",
+               + _SHARD + ") -> (Tensor, Tensor)",
     "dropout_": "dropout_(Tensor(a!) input, Tensor? rng, Generator? generator, float p, int kind, int lead, "
-                "int[]? global_shape=None, int[]? global_offset=None) -> ()",
+                + _SHARD + ") -> ()",
     "dropout_add": "dropout_add(Tensor input, Tensor residual, Tensor? rng, Generator? generator, float p, int save, "
-                   "int[]? global_shape=None, int[]? global_offset=None) -> (Tensor, Tensor)",
-    "bias_dropout_add": "bias_dropout_add(Tensor input, Tensor bias, Tensor residual, Tensor? rng, Generator? generator, "
-                        "float p, int save, int[]? global_shape=None, int[]? global_offset=None) -> (Tensor, Tensor)",
-    "dropout_backward": "dropout_backward(Tensor grad, Tensor saved, float p, int kind, int lead, "
-                        "int[]? global_shape=None, int[]? global_offset=None, int[]? strides=None) -> Tensor",
-    "philox4x32_10": "philox4x32_10(Tensor counter, Tensor key) -> Tensor",
+                   + _SHARD + ") -> (Tensor, Tensor)",
+    "bias_dropout_add": "bias_dropout_add(Tensor input, Tensor bias, Tensor residual, Tensor? rng, "
+                        "Generator? generator, float p, int save, " + _SHARD + ") -> (Tensor, Tensor)",
+    "dropout_backward": "dropout_backward(Tensor grad, Tensor saved, float p, int kind, int lead, " + _SHARD
+                        + ", int[]? strides=None) -> Tensor",
 }
 
-# Ops that draw from a generator when no rng tensor is given.
-RANDOM_OPS = ("dropout", "dropout_", "dropout_add", "bias_dropout_add")
-
+# The pure-Python kernel of each op (_reference.py).
 PYTHON_KERNELS = {
     "dropout": _reference.dropout,
     "dropout_": _reference.dropout_,
     "dropout_add": _reference.dropout_add,
     "bias_dropout_add": _reference.bias_dropout_add,
     "dropout_backward": _reference.dropout_backward,
-    "philox4x32_10": _reference.philox4x32_10_op,
 }
 
-_python_library = None
+_libraries = {}
 
 
-def define_python_namespace():
-    """Declare `dropout_ext_py` with the Python kernels (for every device)."""
-    global _python_library
-    if _python_library is None:
-        lib = torch.library.Library("dropout_ext_py", "DEF")
+def define_library(namespace):
+    """Define every op of SCHEMAS under `namespace` (once) and register their fake
+    kernels. Ops that draw from a generator are tagged nondeterministic_seeded."""
+    if namespace not in _libraries:
+        lib = torch.library.Library(namespace, "DEF")
         for name, schema in SCHEMAS.items():
-            tags = (torch.Tag.nondeterministic_seeded,) if name in RANDOM_OPS else ()
+            tags = (torch.Tag.nondeterministic_seeded,) if "Generator?" in schema else ()
             lib.define(schema, tags=tags)
-            lib.impl(name, PYTHON_KERNELS[name], "CompositeExplicitAutograd")
-        _python_library = lib
-    return torch.ops.dropout_ext_py
+        _libraries[namespace] = lib
+        _register_fakes(namespace, lib)
+    return getattr(torch.ops, namespace)
+
+
+# ------------------------------------------------------------------------ fake kernels
 
 
 def _saved_like(input, words, save, rng):
@@ -64,44 +76,46 @@ def _saved_like(input, words, save, rng):
     return input.new_empty((0,), dtype=torch.uint8)
 
 
-def _words(input, lead):
-    return math.prod(input.shape[:lead])
-
-
-def register_fakes(namespace):
+def _register_fakes(namespace, lib):
     q = namespace + "::"
 
-    @torch.library.register_fake(q + "dropout")
+    @torch.library.register_fake(q + "dropout", lib=lib)
     def _(input, rng, generator, p, kind, lead, save, global_shape=None, global_offset=None):
-        return torch.empty_like(input), _saved_like(input, _words(input, lead), save, rng)
+        return torch.empty_like(input), _saved_like(input, math.prod(input.shape[:lead]), save, rng)
 
-    @torch.library.register_fake(q + "dropout_")
+    @torch.library.register_fake(q + "dropout_", lib=lib)
     def _(input, rng, generator, p, kind, lead, global_shape=None, global_offset=None):
         return None
 
-    @torch.library.register_fake(q + "dropout_add")
+    @torch.library.register_fake(q + "dropout_add", lib=lib)
     def _(input, residual, rng, generator, p, save, global_shape=None, global_offset=None):
         return torch.empty_like(input), _saved_like(input, input.numel(), save, rng)
 
-    @torch.library.register_fake(q + "bias_dropout_add")
+    @torch.library.register_fake(q + "bias_dropout_add", lib=lib)
     def _(input, bias, residual, rng, generator, p, save, global_shape=None, global_offset=None):
         return torch.empty_like(input), _saved_like(input, input.numel(), save, rng)
 
-    @torch.library.register_fake(q + "dropout_backward")
+    @torch.library.register_fake(q + "dropout_backward", lib=lib)
     def _(grad, saved, p, kind, lead, global_shape=None, global_offset=None, strides=None):
         if strides is not None:
             return torch.empty_strided(grad.shape, strides, dtype=grad.dtype, device=grad.device)
         return torch.empty_like(grad)
 
-    @torch.library.register_fake(q + "philox4x32_10")
-    def _(counter, key):
-        return torch.empty_like(counter)
+
+# -------------------------------------------------------- the Python kernels' autograd
+# The formulas of csrc/autograd.cpp: grad * keep * scale from the saved bits or
+# (key, base). Each is a (setup_context, backward) pair with torch.library's signatures,
+# which torch.autograd.Function shares, so they serve both the registered fallback and
+# the Python kernels called directly (python_kernels()).
 
 
-def register_python_autograd(ops):
-    """Autograd of the Python backend (the compiled backend's is in csrc/autograd.cpp);
-    the same formulas: grad * keep * scale from the saved bits or (key, base)."""
-    q = "dropout_ext_py::"
+def _pad(inputs, n):
+    """Inputs with the schema's trailing defaults (None) filled in."""
+    return tuple(inputs) + (None,) * (n - len(inputs))
+
+
+def _formulas(ops):
+    """{op name: (setup_context, backward)}, the backward calling ops.dropout_backward."""
 
     def save_mask(ctx, saved, out, p, kind, lead, global_shape, global_offset, save=None):
         if save == _reference.SAVE_NONE:
@@ -127,16 +141,12 @@ def register_python_autograd(ops):
     def dropout_backward(ctx, grad_out, _grad_saved):
         return (grad_input(ctx, grad_out),) + (None,) * 8
 
-    torch.library.register_autograd(q + "dropout", dropout_backward, setup_context=dropout_setup)
-
     def dropout_add_setup(ctx, inputs, output):
         input, _, _, _, p, save, gs, go = _pad(inputs, 8)
         save_mask(ctx, output[1], output[0], p, _reference.KIND_INVERTED, input.dim(), gs, go, save)
 
     def dropout_add_backward(ctx, grad_out, _grad_saved):
         return (grad_input(ctx, grad_out), grad_out) + (None,) * 6
-
-    torch.library.register_autograd(q + "dropout_add", dropout_add_backward, setup_context=dropout_add_setup)
 
     def bias_dropout_add_setup(ctx, inputs, output):
         input, _, _, _, _, p, save, gs, go = _pad(inputs, 9)
@@ -148,9 +158,6 @@ def register_python_autograd(ops):
         gb = gx.sum(ctx.leading_dims) if ctx.leading_dims and gx is not None else gx
         return (gx, gb, grad_out) + (None,) * 6
 
-    torch.library.register_autograd(q + "bias_dropout_add", bias_dropout_add_backward,
-                                    setup_context=bias_dropout_add_setup)
-
     def backward_setup(ctx, inputs, output):
         _, saved, p, kind, lead, gs, go, _ = _pad(inputs, 8)
         save_mask(ctx, saved, output, p, kind, lead, gs, go)
@@ -158,9 +165,69 @@ def register_python_autograd(ops):
     def backward_backward(ctx, grad):
         return (grad_input(ctx, grad),) + (None,) * 7
 
-    torch.library.register_autograd(q + "dropout_backward", backward_backward, setup_context=backward_setup)
+    return {
+        "dropout": (dropout_setup, dropout_backward),
+        "dropout_add": (dropout_add_setup, dropout_add_backward),
+        "bias_dropout_add": (bias_dropout_add_setup, bias_dropout_add_backward),
+        "dropout_backward": (backward_setup, backward_backward),
+    }
 
 
-def _pad(inputs, n):
-    """Inputs with the schema's trailing defaults (None) filled in."""
-    return tuple(inputs) + (None,) * (n - len(inputs))
+_fallback_library = None
+
+
+def register_fallback(namespace="dropout_ext"):
+    """Serve `namespace`'s ops with the Python kernels (every device) and their autograd.
+    The registrations live in one library object, so unregister_fallback() can drop them
+    before compiled kernels are loaded (dropout_ext.build())."""
+    global _fallback_library
+    if _fallback_library is not None:
+        return
+    lib = torch.library.Library(namespace, "IMPL")
+    for name, kernel in PYTHON_KERNELS.items():
+        lib.impl(name, kernel, "CompositeExplicitAutograd")
+    for name, (setup, backward) in _formulas(getattr(torch.ops, namespace)).items():
+        torch.library.register_autograd(namespace + "::" + name, backward, setup_context=setup, lib=lib)
+    _fallback_library = lib
+
+
+def unregister_fallback():
+    global _fallback_library
+    if _fallback_library is not None:
+        _fallback_library._destroy()
+        _fallback_library = None
+
+
+class _PythonOp:
+    """One Python kernel called directly, through a torch.autograd.Function with the
+    op's formulas when an input requires grad."""
+
+    def __init__(self, name, kernel, formulas, n_args):
+        self.name, self.kernel, self.n_args = name, kernel, n_args
+        self.function = None
+        if formulas is not None:
+            setup, backward = formulas
+            self.function = type(name, (torch.autograd.Function,), {
+                "forward": staticmethod(lambda *args: kernel(*args)),
+                "setup_context": staticmethod(setup),
+                "backward": staticmethod(backward),
+            })
+
+    def __call__(self, *args):
+        args = _pad(args, self.n_args)
+        if (self.function is not None and torch.is_grad_enabled()
+                and any(isinstance(a, torch.Tensor) and a.requires_grad for a in args)):
+            return self.function.apply(*args)
+        return self.kernel(*args)
+
+
+class PythonKernels:
+    """The Python kernels with the attribute names of an op namespace, called directly
+    (no dispatcher): how tests and benchmarks reach them when the compiled kernels are
+    registered under the op names."""
+
+    def __init__(self):
+        formulas = _formulas(self)
+        for name, kernel in PYTHON_KERNELS.items():
+            n_args = len(torch._C.parse_schema(SCHEMAS[name]).arguments)
+            setattr(self, name, _PythonOp(name, kernel, formulas.get(name), n_args))

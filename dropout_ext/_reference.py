@@ -8,7 +8,7 @@ for the 16-bit types (float64 for float64) and rounded once, like the kernels.
 
 The mask word of an element is its logical row-major index in the mask shape: the
 leading `lead` dims of the input (all of them for element-wise dropout), or of
-`global_shape` for a shard at `global_offset` (SPEC section 3; csrc/index.h).
+`global_shape` for a shard at `global_offset` (docs/design.md; csrc/index.h).
 """
 import math
 
@@ -121,7 +121,7 @@ def _mask_words(shape, lead, global_shape, global_offset, device):
 
 def keep_mask(rng, p, shape, lead, device, global_shape=None, global_offset=None):
     """Bool keep mask of the local mask shape shape[:lead] (flattened, row-major) for
-    rng = int64[key, base] (SPEC section 3)."""
+    rng = int64[key, base] (docs/design.md, the mask)."""
     n = math.prod(tuple(shape[:lead]))
     if p >= 1.0:
         return torch.zeros(n, dtype=torch.bool, device=device)
@@ -229,52 +229,55 @@ def _forward(op, input, rng, generator, p, kind, lead, save, global_shape, globa
 
 
 # ---------------------------------------------------------------------------- checks
-# The same checks, with the same exception types, as the compiled kernels (csrc/ops.cpp):
-# the public API calls the op directly in its common case and relies on them.
+# The Python kernels' checks: the same conditions, exception types and texts as the
+# compiled kernels' (csrc/ops.cpp). The public API relies on the op's checks and calls
+# these only where no op runs (eval mode, shortcuts) or before the torch.func route.
 
 _FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
-def _check_floating(t, what):
+def check_floating(t, what):
     if t.dtype not in _FLOATS:
         raise TypeError("dropout_ext: %s must be a floating point tensor (float16, bfloat16, float32 or "
                         "float64), got %s" % (what, t.dtype))
 
 
-def _check_call(input, p, kind, lead, save=0, global_shape=None, global_offset=None, generator=None,
-                rng=None, residual=None, bias=None):
-    _check_floating(input, "input")
-    if not 0.0 <= p <= 1.0:
-        raise ValueError("dropout probability has to be between 0 and 1, but got %s" % p)
-    if kind not in (0, 1, 2):
-        raise ValueError("dropout_ext: kind must be 0 (inverted), 1 (vanilla) or 2 (alpha), got %s" % kind)
-    if not 0 <= lead <= input.dim():
-        raise ValueError("dropout_ext: lead must be in [0, %d], got %d" % (input.dim(), lead))
-    if save not in (0, 1, 2):
-        raise ValueError("dropout_ext: save must be 0 (nothing), 1 (bits) or 2 (rng), got %s" % save)
+def _same_device(generator_device, device):
+    if generator_device.type != device.type:
+        return False
+    if device.type != "cuda":
+        return True
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    gindex = generator_device.index if generator_device.index is not None else torch.cuda.current_device()
+    return index == gindex
+
+
+def check_generator(generator, input):
+    if generator is not None and not _same_device(generator.device, input.device):
+        raise ValueError("dropout_ext: generator is on %s but the input is on %s" % (generator.device, input.device))
+
+
+def check_shard(input, global_shape, global_offset):
     if (global_shape is None) != (global_offset is None):
         raise ValueError("dropout_ext: global_shape and global_offset must be given together")
-    if global_shape is not None:
-        if len(global_shape) != input.dim() or len(global_offset) != input.dim():
-            raise ValueError("dropout_ext: global_shape and global_offset need one entry per input dim (%d), got %s "
-                             "and %s" % (input.dim(), list(global_shape), list(global_offset)))
-        for o, n, g in zip(global_offset, input.shape, global_shape):
-            if o < 0 or o + n > g:
-                raise ValueError("dropout_ext: the input (shape %s) at global_offset %s does not fit in "
-                                 "global_shape %s" % (list(input.shape), list(global_offset), list(global_shape)))
-    if rng is not None:
-        if rng.dtype != torch.int64 or rng.numel() != 2:
-            raise RuntimeError("dropout_ext: rng must be an int64 tensor of two elements (key, base), got %s with %d "
-                               "elements" % (rng.dtype, rng.numel()))
-        if rng.device.type != "cpu" and rng.device != input.device:
-            raise RuntimeError("dropout_ext: rng must be on the CPU or on the input's device %s, got %s"
-                               % (input.device, rng.device))
-    if generator is not None and generator.device.type != input.device.type:
-        raise ValueError("dropout_ext: generator is on %s but the input is on %s" % (generator.device, input.device))
+    if global_shape is None:
+        return
+    if len(global_shape) != input.dim() or len(global_offset) != input.dim():
+        raise ValueError("dropout_ext: global_shape and global_offset need one entry per input dim (%d), got %s "
+                         "and %s" % (input.dim(), list(global_shape), list(global_offset)))
+    for o, n, g in zip(global_offset, input.shape, global_shape):
+        if o < 0 or o + n > g:
+            raise ValueError("dropout_ext: the input (shape %s) at global_offset %s does not fit in "
+                             "global_shape %s" % (list(input.shape), list(global_offset), list(global_shape)))
+
+
+def check_operands(input, residual=None, bias=None):
+    """The fused ops' residual (input's shape) and bias (1-D, the input's last dim): dtype,
+    device and shape."""
     for name, t in (("residual", residual), ("bias", bias)):
         if t is None:
             continue
-        _check_floating(t, name)
+        check_floating(t, name)
         if t.dtype != input.dtype:
             raise TypeError("dropout_ext: %s must have the input's dtype %s, got %s" % (name, input.dtype, t.dtype))
         if t.device != input.device:
@@ -288,6 +291,29 @@ def _check_call(input, p, kind, lead, save=0, global_shape=None, global_offset=N
                            % (input.shape[-1] if input.dim() else "none", list(bias.shape)))
 
 
+def _check_call(input, p, kind, lead, save=0, global_shape=None, global_offset=None, generator=None,
+                rng=None, residual=None, bias=None):
+    check_floating(input, "input")
+    if not 0.0 <= p <= 1.0:
+        raise ValueError("dropout probability has to be between 0 and 1, but got %s" % p)
+    if kind not in (0, 1, 2):
+        raise ValueError("dropout_ext: kind must be 0 (inverted), 1 (vanilla) or 2 (alpha), got %s" % kind)
+    if not 0 <= lead <= input.dim():
+        raise ValueError("dropout_ext: lead must be in [0, %d], got %d" % (input.dim(), lead))
+    if save not in (0, 1, 2):
+        raise ValueError("dropout_ext: save must be 0 (nothing), 1 (bits) or 2 (rng), got %s" % save)
+    check_shard(input, global_shape, global_offset)
+    if rng is not None:
+        if rng.dtype != torch.int64 or rng.numel() != 2:
+            raise RuntimeError("dropout_ext: rng must be an int64 tensor of two elements (key, base), got %s with %d "
+                               "elements" % (rng.dtype, rng.numel()))
+        if rng.device.type != "cpu" and rng.device != input.device:
+            raise RuntimeError("dropout_ext: rng must be on the CPU or on the input's device %s, got %s"
+                               % (input.device, rng.device))
+    check_generator(generator, input)
+    check_operands(input, residual, bias)
+
+
 # ------------------------------------------------------------------------------ the ops
 
 
@@ -296,7 +322,7 @@ def dropout(input, rng, generator, p, kind, lead, save, global_shape=None, globa
 
 
 def dropout_(input, rng, generator, p, kind, lead, global_shape=None, global_offset=None):
-    _check_floating(input, "input")
+    check_floating(input, "input")
     out, _ = dropout(input, rng, generator, p, kind, lead, SAVE_NONE, global_shape, global_offset)
     input.copy_(out)
 
@@ -321,13 +347,3 @@ def dropout_backward(grad, saved, p, kind, lead, global_shape=None, global_offse
     else:
         keep = keep_mask(saved, p, grad.shape, lead, grad.device, global_shape, global_offset)
     return _like(grad, _values("backward", grad, keep, p, kind, lead), strides)
-
-
-def philox4x32_10_op(counter, key):
-    if counter.dtype != torch.int64 or counter.dim() < 1 or counter.shape[-1] != 4:
-        raise RuntimeError("dropout_ext: counter must be int64 of shape [..., 4]")
-    if key.dtype != torch.int64 or key.numel() != 2:
-        raise RuntimeError("dropout_ext: key must be int64 of two elements")
-    c = counter & MASK32
-    out = philox4x32_10(c[..., 0], c[..., 1], c[..., 2], c[..., 3], key[0] & MASK32, key[1] & MASK32)
-    return torch.stack(out, dim=-1)

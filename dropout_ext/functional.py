@@ -1,41 +1,26 @@
 """Drop-in replacements for torch.nn.functional's dropout functions.
 
-Each function validates what torch validates in Python, picks the route, and calls one
-op of the backend in use (`_backend.OPS`). The common case (a plain tensor, seed=None, no
-generator, not in place, no shard, outside torch.func and torch.compile) goes straight
-to the op: (key, base) are drawn from the device's generator in C++, and autograd is
-C++. The other routes:
-  - seed= / torch.compile: (key, base) as an int64[2] tensor (data, so torch.compile
-    neither specialises on it nor loses track of the randomness);
-  - torch.func transforms (grad, vjp, jacrev, vmap): _functorch.py;
-  - DTensor inputs: _dtensor.py, which calls back here with the shard's global offset.
+Each function checks what torch checks in Python (p, the input's rank, its warnings),
+handles evaluation mode, and hands a training-mode call to _route.py: the compiled fast
+entry for the common case, else one Call description that _route.run sends on its route
+(op, torch.func, DTensor). The ops check everything else.
 """
 import numbers
-import operator
 import warnings
 from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from . import _backend, _reference
+from . import _reference, _route
+from ._route import Call
 
 __all__ = [
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
     "drop_path", "dropout_add", "bias_dropout_add",
 ]
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-_SEED_LIMIT = 2**64
-_Tensor = torch.Tensor
-_is_compiling = torch.compiler.is_compiling
-_grad_enabled = torch.is_grad_enabled
-_transforms_active = torch._C._are_functorch_transforms_active
-
 KIND_INVERTED, KIND_VANILLA, KIND_ALPHA = _reference.KIND_INVERTED, _reference.KIND_VANILLA, _reference.KIND_ALPHA
-
-
-# ----------------------------------------------------------------------------- checks
 
 
 def _check_p(p):
@@ -55,178 +40,11 @@ def _check_p(p):
 
 
 def _check_input(input, name="input"):
+    """A tensor of a floating dtype (the ops check it too; this serves the paths that run
+    no op, such as evaluation mode)."""
     if not isinstance(input, torch.Tensor):
         raise TypeError("%s must be a torch.Tensor, got %s" % (name, type(input).__name__))
-    if input.dtype not in FLOAT_DTYPES:
-        raise TypeError(
-            "dropout_ext: %s must be a floating point tensor (float16, bfloat16, float32 or "
-            "float64), got %s" % (name, input.dtype)
-        )
-
-
-def _check_seed(seed):
-    if isinstance(seed, bool) or isinstance(seed, torch.Tensor):
-        raise TypeError("seed must be an int in [0, 2**64), got %s" % type(seed).__name__)
-    try:
-        seed = operator.index(seed)
-    except TypeError:
-        raise TypeError("seed must be an int in [0, 2**64), got %s" % type(seed).__name__) from None
-    if not 0 <= seed < _SEED_LIMIT:
-        raise ValueError("seed must be in [0, 2**64), got %d" % seed)
-    return seed
-
-
-def _same_device(generator_device, device):
-    if generator_device.type != device.type:
-        return False
-    if device.type != "cuda":
-        return True
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    gindex = generator_device.index if generator_device.index is not None else torch.cuda.current_device()
-    return index == gindex
-
-
-def _check_generator(generator, input):
-    if not isinstance(generator, torch.Generator):
-        raise TypeError("generator must be a torch.Generator, got %s" % type(generator).__name__)
-    if not _same_device(generator.device, input.device):
-        raise ValueError("dropout_ext: generator is on %s but the input is on %s" % (generator.device, input.device))
-
-
-def _check_shard(input, global_shape, global_offset):
-    """(global_shape, global_offset) as tuples of ints, or (None, None)."""
-    if global_shape is None and global_offset is None:
-        return None, None
-    if global_shape is None or global_offset is None:
-        raise ValueError("dropout_ext: global_shape and global_offset must be given together")
-    shape, offset = tuple(int(s) for s in global_shape), tuple(int(o) for o in global_offset)
-    if len(shape) != input.dim() or len(offset) != input.dim():
-        raise ValueError("dropout_ext: global_shape and global_offset need one entry per input dim (%d), got %s and %s"
-                         % (input.dim(), shape, offset))
-    for d, (g, o, n) in enumerate(zip(shape, offset, input.shape)):
-        if o < 0 or o + n > g:
-            raise ValueError("dropout_ext: the input (shape %s) at global_offset %s does not fit in global_shape %s"
-                             % (tuple(input.shape), offset, shape))
-    return shape, offset
-
-
-def _may_overlap(t):
-    """True when two elements of t may share memory. Dims sorted by stride: each stride
-    must pass the extent of the smaller ones (torch's own check gives up on non-dense
-    strides and then writes anyway; an in-place dropout there would be ill-defined)."""
-    if t.numel() == 0:
-        return False
-    extent = 0
-    for stride, size in sorted((st, sz) for st, sz in zip(t.stride(), t.shape) if sz > 1):
-        if stride <= extent:
-            return True
-        extent += (size - 1) * stride
-    return False
-
-
-def _check_inplace(input):
-    if torch.compiler.is_compiling():
-        return
-    if input.is_inference() and not torch.is_inference_mode_enabled():
-        raise RuntimeError(
-            "Inplace update to inference tensor outside InferenceMode is not allowed.You can make "
-            "a clone to get a normal tensor before doing inplace update.See "
-            "https://github.com/pytorch/rfcs/pull/17 for more details."
-        )
-    if _may_overlap(input):
-        raise RuntimeError(
-            "unsupported operation: more than one element of the written-to tensor refers to a "
-            "single memory location. Please clone() the tensor before performing the operation."
-        )
-
-
-# ----------------------------------------------------------------------------- routing
-
-
-# seed -> its (key, base) tensor, (seed, 0) as int64 on the CPU: the ops read it and never
-# write or keep it (the seed storage keeps a copy), so one tensor serves every call with
-# that seed and seed= costs no tensor per call. Bounded: cleared when full.
-_SEED_RNG = {}
-_SEED_RNG_MAX = 4096
-
-
-def _seed_tensor(s, device=None):
-    """(key, base) = (s, 0) for a checked seed s in [0, 2**64), as int64 (two's complement)."""
-    return torch.tensor([s - _SEED_LIMIT if s >= 2**63 else s, 0], dtype=torch.int64, device=device)
-
-
-def _seed_rng(seed):
-    s = _check_seed(seed)
-    with torch.inference_mode(False):  # a kept tensor must serve calls outside inference mode too
-        rng = _seed_tensor(s, "cpu")
-    if seed.__class__ is int:
-        if len(_SEED_RNG) >= _SEED_RNG_MAX:
-            _SEED_RNG.clear()
-        _SEED_RNG[seed] = rng
-    return rng
-
-
-def _rng(input, seed, generator):
-    """(rng tensor or None, generator or None). seed=s: (s, 0) as data, the same mask on
-    every device. Under torch.compile the pair is drawn as a tensor in the graph. Else
-    None: the op draws from `generator` (or the device's default generator) itself."""
-    if seed is not None:
-        if generator is not None:
-            raise ValueError("dropout_ext: pass seed= or generator=, not both")
-        return _seed_tensor(_check_seed(seed)), None
-    if generator is not None:
-        _check_generator(generator, input)
-    if _is_compiling():
-        # traced as an op of the graph; on the CPU the same words the op would draw
-        return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=input.device,
-                             generator=generator), None
-    return None, generator
-
-
-def _is_dtensor(t):
-    return t.__class__ is not _Tensor and type(t).__name__ == "DTensor"
-
-
-def _run(op, input, p, kind, lead, inplace, seed, generator, global_shape, global_offset,
-         residual=None, bias=None):
-    """Training-mode call of `op` ("dropout", "dropout_add", "bias_dropout_add") with one
-    mask word per element of the leading `lead` dims. The checks come before (key, base)
-    is drawn, so a rejected call leaves the generator as it was."""
-    if _is_dtensor(input):
-        from . import _dtensor
-
-        return _dtensor.run(op, input, p, kind, lead, inplace, seed, generator, global_shape, global_offset,
-                            residual, bias)
-    gs, go = _check_shard(input, global_shape, global_offset)
-    if inplace:
-        _check_inplace(input)
-    rng, gen = _rng(input, seed, generator)
-    if _transforms_active():
-        from . import _functorch
-
-        out = _functorch.run(op, input, rng, gen, p, kind, lead, gs, go, residual, bias)
-        return input.copy_(out) if inplace else out
-    ops = _backend.OPS
-    save = _save(input, residual, bias)
-    if op == "dropout_add":
-        return ops.dropout_add(input, residual, rng, gen, p, save, gs, go)[0]
-    if op == "bias_dropout_add":
-        return ops.bias_dropout_add(input, bias, residual, rng, gen, p, save, gs, go)[0]
-    if not inplace:
-        return ops.dropout(input, rng, gen, p, kind, lead, save, gs, go)[0]
-    if torch.is_grad_enabled() and input.requires_grad:
-        # Autograd of in-place writes is torch's: copy_ records the graph edge and raises
-        # torch's error for a leaf that requires grad.
-        return input.copy_(ops.dropout(input, rng, gen, p, kind, lead, save, gs, go)[0])
-    ops.dropout_(input, rng, gen, p, kind, lead, gs, go)
-    return input
-
-
-def _save(*tensors):
-    """What the op keeps for backward: the storage mode when a gradient is needed, else 0."""
-    if _grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
-        return _backend.SAVE
-    return 0
+    _reference.check_floating(input, name)
 
 
 def _eval(input, p, inplace, scale_train):
@@ -253,28 +71,15 @@ def dropout(input: Tensor, p: float = 0.5, training: bool = True, inplace: bool 
     """
     if p.__class__ is not float or not 0.0 <= p <= 1.0:
         p = _check_p(p)
-    if (training and input.__class__ is _Tensor and generator is None and not inplace
-            and global_shape is None and global_offset is None and not _transforms_active()
-            and not _is_compiling()):
-        # The common cases: one op call; dtype and device checks are the kernel's.
-        kind = KIND_INVERTED if scale_train else KIND_VANILLA
-        save = _backend.SAVE if input.requires_grad and _grad_enabled() else 0
-        fast = _backend.FAST
-        if seed is None:
-            if fast is not None:
-                return fast.dropout(input, p, kind, save)
-            return _backend.OPS.dropout(input, None, None, p, kind, input.dim(), save)[0]
-        if fast is not None:
-            rng = _SEED_RNG.get(seed) if seed.__class__ is int else None
-            if rng is None:  # first use of this seed: the slow path's checks, in its order
-                _check_input(input)
-                rng = _seed_rng(seed)
-            return fast.dropout_rng(input, rng, p, kind, save)
+    kind = KIND_INVERTED if scale_train else KIND_VANILLA
+    if training and not inplace and generator is None and global_shape is None and global_offset is None:
+        out = _route.fast_dropout(input, p, kind, seed)
+        if out is not NotImplemented:
+            return out
     _check_input(input)
     if not training:
         return _eval(input, p, inplace, scale_train)
-    kind = KIND_INVERTED if scale_train else KIND_VANILLA
-    return _run("dropout", input, p, kind, input.dim(), inplace, seed, generator, global_shape, global_offset)
+    return _route.run(Call("dropout", input, p, kind, None, inplace, seed, generator, global_shape, global_offset))
 
 
 # ------------------------------------------------------------------ channel-wise
@@ -287,7 +92,8 @@ def _feature_dropout(input, p, training, inplace, seed, generator, global_shape,
         raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
     if not training:
         return _eval(input, p, inplace, True)
-    return _run("dropout", input, p, KIND_INVERTED, 2, inplace, seed, generator, global_shape, global_offset)
+    return _route.run(Call("dropout", input, p, KIND_INVERTED, 2, inplace, seed, generator, global_shape,
+                           global_offset))
 
 
 def _unbatched(input, batched_dim):
@@ -302,7 +108,8 @@ def _channel_dropout(input, p, training, inplace, seed, generator, batched_dim, 
     if _unbatched(input, batched_dim):
         if input.dim() < 1:
             raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
-        return _run("dropout", input, p, KIND_INVERTED, 1, inplace, seed, generator, global_shape, global_offset)
+        return _route.run(Call("dropout", input, p, KIND_INVERTED, 1, inplace, seed, generator, global_shape,
+                               global_offset))
     return _feature_dropout(input, p, training, inplace, seed, generator, global_shape, global_offset)
 
 
@@ -381,7 +188,8 @@ def _alpha(input, p, training, inplace, seed, generator, feature, global_shape, 
     if p == 1.0:
         return input.mul_(0.0) if inplace else input * 0.0
     lead = 2 if feature else input.dim()
-    return _run("dropout", input, p, KIND_ALPHA, lead, inplace, seed, generator, global_shape, global_offset)
+    return _route.run(Call("dropout", input, p, KIND_ALPHA, lead, inplace, seed, generator, global_shape,
+                           global_offset))
 
 
 def alpha_dropout(input: Tensor, p: float = 0.5, training: bool = False, inplace: bool = False, *,
@@ -417,50 +225,36 @@ def drop_path(input: Tensor, p: float = 0.5, training: bool = True, *, seed: Opt
         raise ValueError("drop_path needs an input with a batch dimension, got a 0-dim tensor")
     if not training or p == 0.0:
         return input
-    return _run("dropout", input, p, KIND_INVERTED, 1, False, seed, generator, global_shape, global_offset)
+    return _route.run(Call("dropout", input, p, KIND_INVERTED, 1, False, seed, generator, global_shape,
+                           global_offset))
 
 
 # ------------------------------------------------------------------- fused residual
 
 
-def _check_fused(input, residual, bias=None):
+def _fused(op, input, residual, bias, p, training, seed, generator, global_shape, global_offset):
+    if p.__class__ is not float or not 0.0 <= p <= 1.0:
+        p = _check_p(p)
+    if training and generator is None and seed is None and global_shape is None and global_offset is None:
+        out = _route.fast_dropout_add(input, residual, bias, p)
+        if out is not NotImplemented:
+            return out
     _check_input(input)
     _check_input(residual, "residual")
     if bias is not None:
         _check_input(bias, "bias")
-    for name, t in (("residual", residual),) + ((("bias", bias),) if bias is not None else ()):
-        if t.dtype != input.dtype:
-            raise TypeError("dropout_ext: %s must have the input's dtype %s, got %s" % (name, input.dtype, t.dtype))
-        if t.device != input.device:
-            raise RuntimeError("dropout_ext: %s must be on the input's device %s, got %s" % (name, input.device, t.device))
-    if residual.shape != input.shape:
-        raise RuntimeError("dropout_ext: residual must have the input's shape %s, got %s"
-                           % (tuple(input.shape), tuple(residual.shape)))
-    if bias is not None:
-        if input.dim() < 1 or bias.dim() != 1 or bias.shape[0] != input.shape[-1]:
-            raise RuntimeError("dropout_ext: bias must be 1-D with the input's last dimension (%s), got shape %s"
-                               % (input.shape[-1] if input.dim() else "none", tuple(bias.shape)))
+    if not training:
+        _reference.check_operands(input, residual, bias)
+        return residual + input if bias is None else residual + (input + bias)
+    return _route.run(Call(op, input, p, KIND_INVERTED, None, False, seed, generator, global_shape, global_offset,
+                           residual, bias))
 
 
 def dropout_add(input: Tensor, residual: Tensor, p: float = 0.5, training: bool = True, *,
                 seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
                 global_shape: Optional[Sequence[int]] = None, global_offset: Optional[Sequence[int]] = None) -> Tensor:
     """residual + dropout(input, p) in one pass (read input and residual once, write once)."""
-    if p.__class__ is not float or not 0.0 <= p <= 1.0:
-        p = _check_p(p)
-    if (training and input.__class__ is _Tensor and residual.__class__ is _Tensor and seed is None
-            and generator is None and global_shape is None and global_offset is None
-            and not _transforms_active() and not _is_compiling()):
-        save = _backend.SAVE if (input.requires_grad or residual.requires_grad) and _grad_enabled() else 0
-        fast = _backend.FAST
-        if fast is not None:
-            return fast.dropout_add(input, residual, p, save)
-        return _backend.OPS.dropout_add(input, residual, None, None, p, save)[0]
-    _check_fused(input, residual)
-    if not training:
-        return residual + input
-    return _run("dropout_add", input, p, KIND_INVERTED, input.dim(), False, seed, generator, global_shape,
-                global_offset, residual=residual)
+    return _fused("dropout_add", input, residual, None, p, training, seed, generator, global_shape, global_offset)
 
 
 def bias_dropout_add(input: Tensor, bias: Tensor, residual: Tensor, p: float = 0.5, training: bool = True, *,
@@ -468,19 +262,5 @@ def bias_dropout_add(input: Tensor, bias: Tensor, residual: Tensor, p: float = 0
                      global_shape: Optional[Sequence[int]] = None,
                      global_offset: Optional[Sequence[int]] = None) -> Tensor:
     """residual + dropout(input + bias, p) in one pass; bias broadcasts over the last dim."""
-    if p.__class__ is not float or not 0.0 <= p <= 1.0:
-        p = _check_p(p)
-    if (training and input.__class__ is _Tensor and residual.__class__ is _Tensor and bias.__class__ is _Tensor
-            and seed is None and generator is None and global_shape is None and global_offset is None
-            and not _transforms_active() and not _is_compiling()):
-        save = (_backend.SAVE if (input.requires_grad or residual.requires_grad or bias.requires_grad)
-                and _grad_enabled() else 0)
-        fast = _backend.FAST
-        if fast is not None:
-            return fast.bias_dropout_add(input, bias, residual, p, save)
-        return _backend.OPS.bias_dropout_add(input, bias, residual, None, None, p, save)[0]
-    _check_fused(input, residual, bias)
-    if not training:
-        return residual + (input + bias)
-    return _run("bias_dropout_add", input, p, KIND_INVERTED, input.dim(), False, seed, generator, global_shape,
-                global_offset, residual=residual, bias=bias)
+    return _fused("bias_dropout_add", input, residual, bias, p, training, seed, generator, global_shape,
+                  global_offset)

@@ -8,6 +8,7 @@ import torch
 from testing import assert_same_bits, keep_mask, oracle_mask, peek_rng_pair
 
 import dropout_ext
+from dropout_ext import _reference, _route
 from dropout_ext import functional as F
 from dropout_ext import nn
 
@@ -202,9 +203,9 @@ def test_generator_wrong_device_and_type(backend):
     with pytest.raises(ValueError, match="seed= or generator="):
         F.dropout(x, 0.5, seed=1, generator=torch.Generator())
     # A CPU generator for a CUDA input is tested in test_cuda.py; here the device rule.
-    assert not F._same_device(torch.device("cuda", 0), torch.device("cpu"))
-    assert not F._same_device(torch.device("cpu"), torch.device("meta"))
-    assert F._same_device(torch.device("cpu"), torch.device("cpu"))
+    assert not _reference._same_device(torch.device("cuda", 0), torch.device("cpu"))
+    assert not _reference._same_device(torch.device("cpu"), torch.device("meta"))
+    assert _reference._same_device(torch.device("cpu"), torch.device("cpu"))
 
 
 def test_input_not_a_tensor(backend):
@@ -282,7 +283,7 @@ def test_seed_first_used_in_inference_mode_serves_training(backend, storage):
 
 def test_seed_tensors_kept_are_bounded():
     x = torch.randn(8)
-    for s in range(10_000, 10_000 + F._SEED_RNG_MAX + 10):
+    for s in range(10_000, 10_000 + _route._SEED_RNG_MAX + 10):
         F.dropout(x, 0.5, seed=s)
-    assert 0 < len(F._SEED_RNG) <= F._SEED_RNG_MAX
+    assert 0 < len(_route._SEED_RNG) <= _route._SEED_RNG_MAX
     assert_same_bits(F.dropout(x, 0.5, seed=10_003), F.dropout(x, 0.5, seed=10_003))

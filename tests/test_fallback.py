@@ -70,3 +70,15 @@ def test_compiled_default(tmp_path):
     out, grad = expected()
     assert_same_bits(r["out"], out)
     assert_same_bits(r["grad"], grad)
+
+
+def test_library_suite_on_the_registered_fallback():
+    """With DROPOUT_EXT_FORCE_PYTHON=1 the Python kernels serve torch.ops.dropout_ext: the
+    library tests (schemas, opcheck, torch.compile) run against them in a fresh process."""
+    env = dict(os.environ, DROPOUT_EXT_FORCE_PYTHON="1")
+    env.pop("DROPOUT_EXT_REQUIRE_COMPILED", None)
+    here = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly",
+                           os.path.join(here, "test_library.py")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+    assert " passed" in proc.stdout and " failed" not in proc.stdout

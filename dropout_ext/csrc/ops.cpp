@@ -1,8 +1,9 @@
-// The operator schemas and the device-generic glue: argument checks, the empty_like
-// output, (key, base), the layout description (index.h), then one launcher call per pass
-// (cpu/launch.cpp or cuda/launch.cu). The same kernel functions serve the CPU and CUDA
-// dispatch keys. Autograd is in autograd.cpp, fake kernels in dropout_ext/_ops.py; the
-// Python backend declares the same schemas under `dropout_ext_py` (a test compares them).
+// The device-generic glue of the ops whose schemas dropout_ext/_ops.py defines: argument
+// checks (the one place the compiled kernels validate), the empty_like output, (key, base),
+// the layout description (index.h), then one launcher call per pass (cpu/launch.cpp or
+// cuda/launch.cu). The same kernel functions serve the CPU and CUDA dispatch keys.
+// Autograd is in autograd.cpp; fake kernels and the Python kernels are registered from
+// dropout_ext/_ops.py.
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <c10/core/DeviceGuard.h>
@@ -483,35 +484,7 @@ Tensor dropout_backward_kernel(const Tensor& grad, const Tensor& saved, double p
   return out;
 }
 
-Tensor philox_kernel(const Tensor& counter, const Tensor& key) {
-  TORCH_CHECK(counter.scalar_type() == at::kLong && counter.dim() >= 1 && counter.size(-1) == 4,
-              "dropout_ext: counter must be int64 of shape [..., 4]");
-  TORCH_CHECK(key.scalar_type() == at::kLong && key.numel() == 2, "dropout_ext: key must be int64 of two elements");
-  const Tensor c = counter.cpu().contiguous();
-  const Tensor k = key.cpu().contiguous();
-  Tensor out = at::empty_like(c);
-  const int64_t* cp = c.data_ptr<int64_t>();
-  const int64_t* kp = k.data_ptr<int64_t>();
-  int64_t* op = out.data_ptr<int64_t>();
-  for (int64_t r = 0; r < c.numel() / 4; ++r) {
-    const Philox4 w = philox4x32_10(static_cast<uint32_t>(cp[4 * r]), static_cast<uint32_t>(cp[4 * r + 1]),
-                                    static_cast<uint32_t>(cp[4 * r + 2]), static_cast<uint32_t>(cp[4 * r + 3]),
-                                    static_cast<uint32_t>(kp[0]), static_cast<uint32_t>(kp[1]));
-    for (int q = 0; q < 4; ++q) op[4 * r + q] = w.v[q];
-  }
-  return out.to(counter.device());
-}
-
 }  // namespace dropout_ext
-
-TORCH_LIBRARY(dropout_ext, m) {
-  const std::vector<at::Tag> random = {at::Tag::nondeterministic_seeded}, none;
-  for (const char* schema : dropout_ext::kSchemas) {
-    const bool seeded = std::string(schema).find("Generator?") != std::string::npos;
-    const std::vector<at::Tag>& tags = seeded ? random : none;
-    m.def(torch::schema(schema), tags, torch::_RegisterOrVerify::REGISTER);
-  }
-}
 
 namespace {
 template <typename Lib>
@@ -521,7 +494,6 @@ void register_kernels(Lib& m) {
   m.impl("dropout_add", &dropout_ext::dropout_add_kernel);
   m.impl("bias_dropout_add", &dropout_ext::bias_dropout_add_kernel);
   m.impl("dropout_backward", &dropout_ext::dropout_backward_kernel);
-  m.impl("philox4x32_10", &dropout_ext::philox_kernel);
 }
 }  // namespace
 

@@ -9,32 +9,8 @@
 
 namespace dropout_ext {
 
-// Must match SCHEMAS in dropout_ext/_ops.py (tests/test_library.py compares them).
-//  rng      int64[2] (key, base) as data (seed=, or drawn in Python under torch.compile);
-//           None: drawn from `generator` (or the device's default one) in C++.
-//  kind     0: out = x * keep / (1 - p); 1: x * keep; 2: alpha dropout (SELU).
-//  lead     the leading dims that index the mask: input.dim() for element-wise dropout,
-//           2 for channel-wise (N, C), 1 for drop_path and unbatched channel dropout.
-//  save     what the second output holds for backward: 0 nothing (an empty uint8 tensor),
-//           1 the packed keep bits (uint8, ceil(words / 8)), 2 the (key, base) pair (int64[2]).
-//           An input that requires grad needs 1 or 2 (the Autograd kernel checks).
-//  global_shape, global_offset  the input is the shard at global_offset of a tensor of
-//           global_shape: its mask is that shard's slice of the full tensor's mask.
-//  strides  (backward) the gradient's strides: those of the forward output.
-constexpr const char* kSchemas[] = {
-    "dropout(Tensor input, Tensor? rng, Generator? generator, float p, int kind, int lead, int save, "
-    "int[]? global_shape=None, int[]? global_offset=None) -> (Tensor, Tensor)",
-    "dropout_(Tensor(a!) input, Tensor? rng, Generator? generator, float p, int kind, int lead, "
-    "int[]? global_shape=None, int[]? global_offset=None) -> ()",
-    "dropout_add(Tensor input, Tensor residual, Tensor? rng, Generator? generator, float p, int save, "
-    "int[]? global_shape=None, int[]? global_offset=None) -> (Tensor, Tensor)",
-    "bias_dropout_add(Tensor input, Tensor bias, Tensor residual, Tensor? rng, Generator? generator, float p, "
-    "int save, int[]? global_shape=None, int[]? global_offset=None) -> (Tensor, Tensor)",
-    "dropout_backward(Tensor grad, Tensor saved, float p, int kind, int lead, int[]? global_shape=None, "
-    "int[]? global_offset=None, int[]? strides=None) -> Tensor",
-    "philox4x32_10(Tensor counter, Tensor key) -> Tensor",
-};
-
+// The op schemas are defined once, in dropout_ext/_ops.py (SCHEMAS, with the meaning of
+// their arguments); this extension registers kernels for them.
 using OptTensor = std::optional<at::Tensor>;
 using OptGenerator = std::optional<at::Generator>;
 using OptInts = at::OptionalIntArrayRef;

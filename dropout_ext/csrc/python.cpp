@@ -1,16 +1,19 @@
-// The Python module of the extension: its import runs the op registrations (ops.cpp,
+// The Python module of the extension: its import runs the kernel registrations (ops.cpp,
 // autograd.cpp, cpu/, cuda/), and four entry points for the public API's common cases
-// (a plain tensor, (key, base) from the default generator or from seed=, no shard): they
+// (plain tensors, (key, base) from the default generator or from seed=, no shard): they
 // parse their few arguments and make one typed dispatcher call, which skips the boxing of
 // torch.ops' generic Python path but still goes through every dispatch key (autograd,
-// autocast, Python modes). torch.compile, torch.func, generator=, shards and tensor
-// subclasses use torch.ops.dropout_ext instead (dropout_ext/functional.py).
+// autocast, Python modes). An argument that is not a plain torch.Tensor (a subclass such
+// as DTensor, or not a tensor) returns NotImplemented: the caller (dropout_ext/_route.py)
+// then takes the torch.ops route, which handles those and raises the errors.
 #include <Python.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
 #include <torch/csrc/Exceptions.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 
+#include <initializer_list>
 #include <string>
 
 #include "ops.h"
@@ -25,12 +28,22 @@ const c10::TypedOperatorHandle<Sig>& handle(const char* name) {
   return op;
 }
 
-// A plain torch.Tensor argument (subclasses take the torch.ops route).
-const at::Tensor& tensor_arg(PyObject* obj, const char* name) {
-  if (!THPVariable_CheckExact(obj)) {
-    throw torch::TypeError(std::string("dropout_ext: ") + name + " must be a torch.Tensor");
-  }
-  return THPVariable_Unpack(obj);
+// True when every argument is a plain torch.Tensor.
+bool plain(PyObject* const* args, Py_ssize_t n) {
+  for (Py_ssize_t i = 0; i < n; ++i)
+    if (!THPVariable_CheckExact(args[i])) return false;
+  return true;
+}
+
+// `save` (the backward storage the API asks for) when a gradient will be needed, else 0:
+// a call that no gradient flows through keeps nothing.
+int64_t save_arg(PyObject* obj, std::initializer_list<const at::Tensor*> tensors) {
+  const long long v = PyLong_AsLongLong(obj);
+  if (v == -1 && PyErr_Occurred()) throw python_error();
+  if (!at::GradMode::is_enabled()) return 0;
+  for (const at::Tensor* t : tensors)
+    if (t->requires_grad()) return v;
+  return 0;
 }
 
 double double_arg(PyObject* obj) {
@@ -54,12 +67,13 @@ void check_nargs(Py_ssize_t nargs, Py_ssize_t want, const char* name) {
 // null) or from a CPU int64 tensor; args: input, [rng,] p, kind, save.
 PyObject* dropout_call(PyObject* const* args, Py_ssize_t nargs, bool with_rng, const char* name) {
   check_nargs(nargs, with_rng ? 5 : 4, name);
-  const at::Tensor& input = tensor_arg(args[0], "input");
+  if (!plain(args, with_rng ? 2 : 1)) Py_RETURN_NOTIMPLEMENTED;
+  const at::Tensor& input = THPVariable_Unpack(args[0]);
   std::optional<at::Tensor> rng;
-  if (with_rng) rng = tensor_arg(args[1], "rng");
+  if (with_rng) rng = THPVariable_Unpack(args[1]);
   const int i = with_rng ? 2 : 1;
   const double p = double_arg(args[i]);
-  const int64_t kind = int_arg(args[i + 1]), save = int_arg(args[i + 2]);
+  const int64_t kind = int_arg(args[i + 1]), save = save_arg(args[i + 2], {&input});
   at::Tensor out;
   {
     pybind11::gil_scoped_release no_gil;
@@ -88,10 +102,11 @@ PyObject* py_dropout_rng(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 PyObject* py_dropout_add(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   check_nargs(nargs, 4, "dropout_add");
-  const at::Tensor& input = tensor_arg(args[0], "input");
-  const at::Tensor& residual = tensor_arg(args[1], "residual");
+  if (!plain(args, 2)) Py_RETURN_NOTIMPLEMENTED;
+  const at::Tensor& input = THPVariable_Unpack(args[0]);
+  const at::Tensor& residual = THPVariable_Unpack(args[1]);
   const double p = double_arg(args[2]);
-  const int64_t save = int_arg(args[3]);
+  const int64_t save = save_arg(args[3], {&input, &residual});
   at::Tensor out;
   {
     pybind11::gil_scoped_release no_gil;
@@ -106,11 +121,12 @@ PyObject* py_dropout_add(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
 PyObject* py_bias_dropout_add(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
   HANDLE_TH_ERRORS
   check_nargs(nargs, 5, "bias_dropout_add");
-  const at::Tensor& input = tensor_arg(args[0], "input");
-  const at::Tensor& bias = tensor_arg(args[1], "bias");
-  const at::Tensor& residual = tensor_arg(args[2], "residual");
+  if (!plain(args, 3)) Py_RETURN_NOTIMPLEMENTED;
+  const at::Tensor& input = THPVariable_Unpack(args[0]);
+  const at::Tensor& bias = THPVariable_Unpack(args[1]);
+  const at::Tensor& residual = THPVariable_Unpack(args[2]);
   const double p = double_arg(args[3]);
-  const int64_t save = int_arg(args[4]);
+  const int64_t save = save_arg(args[4], {&input, &bias, &residual});
   at::Tensor out;
   {
     pybind11::gil_scoped_release no_gil;
@@ -124,7 +140,7 @@ PyObject* py_bias_dropout_add(PyObject*, PyObject* const* args, Py_ssize_t nargs
 
 PyMethodDef methods[] = {
     {"dropout", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_dropout)), METH_FASTCALL,
-     "dropout(input, p, kind, save): the op with (key, base) from the default generator"},
+     "dropout(input, p, kind, save): the op with (key, base) from the default generator; save applies when a gradient is needed"},
     {"dropout_rng", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_dropout_rng)), METH_FASTCALL,
      "dropout_rng(input, rng, p, kind, save): the op with (key, base) from a CPU int64 tensor"},
     {"dropout_add", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(py_dropout_add)), METH_FASTCALL,
