@@ -39,8 +39,8 @@ echo "   nproc $(nproc), MAX_JOBS=$MAX_JOBS, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_AR
 
 echo "== build (log: $OUTDIR/build.log)"
 t0=$(date +%s)
-# at least 180 s whatever GPU_CHECK_SECONDS says: a fresh machine built in 35 s to 90 s,
-# and without a build nothing else can run
+# at least 180 s whatever GPU_CHECK_SECONDS says: a build on a fresh machine takes 35 s to
+# 90 s, and without a build nothing else can run
 T=$(clamp $(( $(left) - 150 )) 180 240)
 timeout -k 10 "$T" $PY setup.py build_ext --inplace > "$OUTDIR/build.log" 2>&1
 build_rc=$?

@@ -1,4 +1,4 @@
-"""Where the host time of one small dropout call goes (issue 10): ours against torch's.
+"""Where the host time of one small dropout call goes: ours against torch's.
 
   python bench/host_profile.py                       CUDA if present, else CPU; 4096 elements
   python bench/host_profile.py --device cpu --numel 256
@@ -17,7 +17,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import interleaved, quiet_torch_logs  # noqa: E402
+from timing import interleaved, quiet_torch_logs  # noqa: E402
 
 from dropout_ext import functional as F  # noqa: E402
 
