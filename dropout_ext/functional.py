@@ -92,8 +92,8 @@ def _feature_dropout(input, p, training, inplace, seed, generator, global_shape,
         raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
     if not training:
         return _eval(input, p, inplace, True)
-    return _route.run(Call("dropout", input, p, KIND_INVERTED, 2, inplace, seed, generator, global_shape,
-                           global_offset))
+    return _route.run(Call("dropout", input, p, KIND_INVERTED, 2, inplace,
+                           seed, generator, global_shape, global_offset))
 
 
 def _unbatched(input, batched_dim):
@@ -108,8 +108,8 @@ def _channel_dropout(input, p, training, inplace, seed, generator, batched_dim, 
     if _unbatched(input, batched_dim):
         if input.dim() < 1:
             raise RuntimeError("Feature dropout requires at least 2 dimensions in the input")
-        return _route.run(Call("dropout", input, p, KIND_INVERTED, 1, inplace, seed, generator, global_shape,
-                               global_offset))
+        return _route.run(Call("dropout", input, p, KIND_INVERTED, 1, inplace,
+                               seed, generator, global_shape, global_offset))
     return _feature_dropout(input, p, training, inplace, seed, generator, global_shape, global_offset)
 
 
@@ -225,8 +225,8 @@ def drop_path(input: Tensor, p: float = 0.5, training: bool = True, *, seed: Opt
         raise ValueError("drop_path needs an input with a batch dimension, got a 0-dim tensor")
     if not training or p == 0.0:
         return input
-    return _route.run(Call("dropout", input, p, KIND_INVERTED, 1, False, seed, generator, global_shape,
-                           global_offset))
+    return _route.run(Call("dropout", input, p, KIND_INVERTED, 1, False,
+                           seed, generator, global_shape, global_offset))
 
 
 # ------------------------------------------------------------------- fused residual

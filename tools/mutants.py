@@ -46,6 +46,7 @@ JOURNAL = os.path.join(tempfile.gettempdir(),
 
 REF = "dropout_ext/_reference.py"
 FUN = "dropout_ext/functional.py"
+ROUTE = "dropout_ext/_route.py"
 OPS = "dropout_ext/_ops.py"
 T_MASK = "tests/test_mask.py"
 T_DROP = "tests/test_dropout.py"
@@ -137,27 +138,27 @@ MUTANTS = [
            [T_MASK + "::test_generator_call_draws_the_expected_pair"], why="(key, base) drawn in the other order"),
     # ---- functional.py / _ops.py / _functorch.py: shared by both backends, so only
     # independent expectations (the oracle, the formula, the draw rule) can catch these
-    Mutant("seed-into-base", FUN,
+    Mutant("seed-into-base", ROUTE,
            "    return torch.tensor([s - _SEED_LIMIT if s >= 2**63 else s, 0], dtype=torch.int64, device=device)",
            "    return torch.tensor([0, s - _SEED_LIMIT if s >= 2**63 else s], dtype=torch.int64, device=device)",
            [T_MASK + "::test_threshold_boundaries_seed"], why="seed= fills base instead of key"),
-    Mutant("generator-ignored", FUN, "    return None, generator\n", "    return None, None\n",
+    Mutant("generator-ignored", ROUTE, "    return None, c.generator\n", "    return None, None\n",
            [T_MASK + "::test_generator_call_draws_the_expected_pair"], why="draws from the default generator, not generator="),
     Mutant("channel-lead-dims", FUN,
-           "    return _run(\"dropout\", input, p, KIND_INVERTED, 2, inplace, seed, generator, global_shape, global_offset)",
-           "    return _run(\"dropout\", input, p, KIND_INVERTED, 1, inplace, seed, generator, global_shape, global_offset)",
+           "    return _route.run(Call(\"dropout\", input, p, KIND_INVERTED, 2, inplace,",
+           "    return _route.run(Call(\"dropout\", input, p, KIND_INVERTED, 1, inplace,",
            [T_FAM + "::test_channel_dropout_mask_is_per_channel"], why="feature dropout masks per sample, not per (N, C)"),
     Mutant("unbatched-lead-dims", FUN,
-           "        return _run(\"dropout\", input, p, KIND_INVERTED, 1, inplace, seed, generator, global_shape, global_offset)",
-           "        return _run(\"dropout\", input, p, KIND_INVERTED, 2, inplace, seed, generator, global_shape, global_offset)",
+           "        return _route.run(Call(\"dropout\", input, p, KIND_INVERTED, 1, inplace,",
+           "        return _route.run(Call(\"dropout\", input, p, KIND_INVERTED, 2, inplace,",
            [T_FAM + "::test_channel_dropout_mask_is_per_channel"], why="unbatched dropout1d/3d: wrong lead dims"),
     Mutant("dropout3d-batched-rank", FUN,
            "    return _channel_dropout(input, p, training, inplace, seed, generator, 5, global_shape, global_offset)",
            "    return _channel_dropout(input, p, training, inplace, seed, generator, 4, global_shape, global_offset)",
            [T_FAM + "::test_channel_dropout_mask_is_per_channel"], why="dropout3d takes 5-D input as unbatched"),
     Mutant("drop-path-group", FUN,
-           "    return _run(\"dropout\", input, p, KIND_INVERTED, 1, False, seed, generator, global_shape, global_offset)",
-           "    return _run(\"dropout\", input, p, KIND_INVERTED, 2, False, seed, generator, global_shape, global_offset)",
+           "    return _route.run(Call(\"dropout\", input, p, KIND_INVERTED, 1, False,",
+           "    return _route.run(Call(\"dropout\", input, p, KIND_INVERTED, 2, False,",
            [T_FAM + "::test_drop_path_per_sample"], why="drop_path per (N, C) instead of per sample"),
     Mutant("feature-alpha-mask-shape", FUN, "    lead = 2 if feature else input.dim()",
            "    lead = 1 if feature else input.dim()",
