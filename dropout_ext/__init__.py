@@ -5,6 +5,7 @@ from ._version import __version__
 from . import _backend
 from ._backend import backward_storage, build, compiled_backends, set_backward_storage
 from . import functional, nn
+from ._convert import convert
 
-__all__ = ["functional", "nn", "compiled_backends", "backward_storage", "set_backward_storage", "build",
+__all__ = ["functional", "nn", "convert", "compiled_backends", "backward_storage", "set_backward_storage", "build",
            "__version__"]
