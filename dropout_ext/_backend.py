@@ -41,7 +41,8 @@ def _register_compiled(module):
 
 if not FORCE_PYTHON:
     try:
-        from . import _C  # registers torch.ops.dropout_ext
+        _ops.define_library("dropout_ext")
+        from . import _C  # registers the kernels of torch.ops.dropout_ext
 
         _register_compiled(_C)
     except (ImportError, OSError) as e:  # not built, or built against another torch
@@ -59,7 +60,6 @@ class _Ops:
         self.dropout_add = namespace.dropout_add.default
         self.bias_dropout_add = namespace.bias_dropout_add.default
         self.dropout_backward = namespace.dropout_backward.default
-        self.philox4x32_10 = namespace.philox4x32_10.default
 
 
 # What backward keeps: "bits" saves the packed keep bits the forward pass writes (numel / 8
@@ -124,6 +124,7 @@ def build(verbose: bool = True, build_directory: Optional[str] = None) -> Tuple[
         includes += _build.pip_cuda_dirs(torch.__file__)[0]
     if build_directory is not None:
         os.makedirs(build_directory, exist_ok=True)
+    _ops.define_library("dropout_ext")
     if verbose:
         print("dropout_ext.build(): compiling %d sources (%s) for torch %s; this takes a few minutes"
               % (len(_build.sources(cuda)), "CPU + CUDA" if cuda else "CPU", torch.__version__), flush=True)
@@ -157,6 +158,31 @@ def python_ops():
     return _python_ops
 
 
+_testing_ops = None
+testing_load_error = None
+
+
+def testing_ops():
+    """torch.ops.dropout_ext_testing: the compiled ops again, their CPU kernels the CUDA
+    kernels run on the host by an emulator (a development build's `_testing` module,
+    DROPOUT_EXT_TESTING=1 at build time), imported at the first call; None when it is not
+    built (testing_load_error says why)."""
+    global _testing_ops, testing_load_error
+    if _testing_ops is None and testing_load_error is None:
+        if _compiled_ops is None:
+            testing_load_error = "the compiled extension is not loaded (%s)" % (load_error,)
+            return None
+        try:
+            _ops.define_library("dropout_ext_testing")
+            from . import _testing  # registers the kernels of torch.ops.dropout_ext_testing
+
+            _ops.register_fakes("dropout_ext_testing")
+            _testing_ops = torch.ops.dropout_ext_testing
+        except (ImportError, OSError) as e:
+            testing_load_error = e
+    return _testing_ops
+
+
 def compiled_backends() -> Tuple[str, ...]:
     """Device types whose compiled kernels are in use; () when the Python fallback runs."""
     if _compiled_ops is None or OPS.namespace is not _compiled_ops:
@@ -167,15 +193,22 @@ def compiled_backends() -> Tuple[str, ...]:
 
 @contextlib.contextmanager
 def use(backend):
-    """Temporarily run the API on "compiled" or "python" kernels (tests, bench)."""
+    """Temporarily run the API on "compiled" or "python" kernels, or on "emulator": the
+    testing module's ops, whose CPU kernels are the CUDA kernels run on the host (tests,
+    bench; without the compiled fast entry points)."""
     if backend == "compiled":
         if _compiled_ops is None:
             raise RuntimeError("dropout_ext: the compiled extension is not loaded (%s)" % (load_error,))
         new = _compiled_ops
     elif backend == "python":
         new = _python_ops
+    elif backend == "emulator":
+        new = testing_ops()
+        if new is None:
+            raise RuntimeError("dropout_ext: the testing module is not built (DROPOUT_EXT_TESTING=1 at build "
+                               "time) or not loadable (%s)" % (testing_load_error,))
     else:
-        raise ValueError("backend must be 'compiled' or 'python', got %r" % (backend,))
+        raise ValueError("backend must be 'compiled', 'python' or 'emulator', got %r" % (backend,))
     global OPS, FAST
     old = OPS, FAST
     _activate(new)

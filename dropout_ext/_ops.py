@@ -1,7 +1,7 @@
 """Op schemas and fake kernels of both backends, and the Python backend's autograd.
 
-`dropout_ext` holds the compiled kernels (schemas declared in csrc/ops.h, autograd in
-csrc/autograd.cpp); `dropout_ext_py` holds the same schemas with the pure-Python kernels
+`dropout_ext` holds the compiled kernels (schemas declared here, define_library; autograd
+in csrc/autograd.cpp); `dropout_ext_py` holds the same schemas with the pure-Python kernels
 of _reference.py and the Python autograd formulas below. Both get the same fake kernels,
 so torch.compile traces either.
 """
@@ -11,7 +11,8 @@ import torch
 
 from . import _reference
 
-# Must match kSchemas in csrc/ops.h (tests/test_library.py compares them).
+# The schemas of every namespace: dropout_ext_py (define_python_namespace), and dropout_ext
+# and dropout_ext_testing (define_library), whose kernels the C++ extensions register.
 SCHEMAS = {
     "dropout": "dropout(Tensor input, Tensor? rng, Generator? generator, float p, int kind, int lead, int save, "
                "int[]? global_shape=None, int[]? global_offset=None) -> (Tensor, Tensor)",
@@ -39,6 +40,23 @@ PYTHON_KERNELS = {
 }
 
 _python_library = None
+_libraries = {}
+
+
+def define_library(namespace):
+    """Declare the compiled ops' schemas (SCHEMAS, but philox4x32_10, which only the testing
+    module's C++ and the Python backend define) under `namespace`: "dropout_ext" before
+    `_C` is imported, "dropout_ext_testing" before `_testing`. The C++ side registers
+    kernels only."""
+    if namespace not in _libraries:
+        lib = torch.library.Library(namespace, "DEF")
+        for name, schema in SCHEMAS.items():
+            if name == "philox4x32_10":
+                continue
+            tags = (torch.Tag.nondeterministic_seeded,) if "Generator?" in schema else ()
+            lib.define(schema, tags=tags)
+        _libraries[namespace] = lib
+    return getattr(torch.ops, namespace)
 
 
 def define_python_namespace():
@@ -93,9 +111,10 @@ def register_fakes(namespace):
             return torch.empty_strided(grad.shape, strides, dtype=grad.dtype, device=grad.device)
         return torch.empty_like(grad)
 
-    @torch.library.register_fake(q + "philox4x32_10")
-    def _(counter, key):
-        return torch.empty_like(counter)
+    if hasattr(getattr(torch.ops, namespace), "philox4x32_10"):  # not in the product's namespace
+        @torch.library.register_fake(q + "philox4x32_10")
+        def _(counter, key):
+            return torch.empty_like(counter)
 
 
 def register_python_autograd(ops):

@@ -1,8 +1,12 @@
-// The operator schemas and the device-generic glue: argument checks, the empty_like
-// output, (key, base), the layout description (index.h), then one launcher call per pass
-// (cpu/launch.cpp or cuda/launch.cu). The same kernel functions serve the CPU and CUDA
-// dispatch keys. Autograd is in autograd.cpp, fake kernels in dropout_ext/_ops.py; the
-// Python backend declares the same schemas under `dropout_ext_py` (a test compares them).
+// The ops' device-generic glue: argument checks, the empty_like output, (key, base), the
+// layout description (index.h), then one launcher call per pass (launch.h). The same
+// kernel functions serve the CPU and CUDA dispatch keys. The schemas are declared in Python
+// (dropout_ext/_ops.py, SCHEMAS), for this namespace and for the Python backend's
+// `dropout_ext_py`; autograd is in autograd.cpp, fake kernels in dropout_ext/_ops.py.
+//
+// Compiled into the product (namespace dropout_ext) and, with the emulator's and the
+// tunable CUDA launcher's launch.h functions, into the testing module
+// (dropout_ext_testing, testing/ops.cpp): see ns.h.
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <c10/core/DeviceGuard.h>
@@ -19,7 +23,7 @@
 #include "launch.h"
 #include "ops.h"
 
-namespace dropout_ext {
+namespace DX_NS {
 namespace {
 
 using at::Tensor;
@@ -301,7 +305,7 @@ void run_mask_pass(const PassArgs& data, const Call& c, uint8_t* bits, int64_t w
 // A packed bit mask of `words` bits: (words + 7) / 8 bytes. On CUDA its allocation is
 // rounded up to whole 32-bit words (the sizes are then set back, no view), because the
 // tile kernel ORs bits in with 32-bit atomics on the aligned word that holds a byte
-// (cuda/kernels.cuh, or_bits).
+// (cuda/kernel_common.cuh, or_bits).
 Tensor bit_buffer(int64_t words, const at::Device& device) {
   const int64_t bytes = (words + 7) / 8;
   if (!device.is_cuda()) return empty_1d(bytes, at::kByte, device);
@@ -483,49 +487,20 @@ Tensor dropout_backward_kernel(const Tensor& grad, const Tensor& saved, double p
   return out;
 }
 
-Tensor philox_kernel(const Tensor& counter, const Tensor& key) {
-  TORCH_CHECK(counter.scalar_type() == at::kLong && counter.dim() >= 1 && counter.size(-1) == 4,
-              "dropout_ext: counter must be int64 of shape [..., 4]");
-  TORCH_CHECK(key.scalar_type() == at::kLong && key.numel() == 2, "dropout_ext: key must be int64 of two elements");
-  const Tensor c = counter.cpu().contiguous();
-  const Tensor k = key.cpu().contiguous();
-  Tensor out = at::empty_like(c);
-  const int64_t* cp = c.data_ptr<int64_t>();
-  const int64_t* kp = k.data_ptr<int64_t>();
-  int64_t* op = out.data_ptr<int64_t>();
-  for (int64_t r = 0; r < c.numel() / 4; ++r) {
-    const Philox4 w = philox4x32_10(static_cast<uint32_t>(cp[4 * r]), static_cast<uint32_t>(cp[4 * r + 1]),
-                                    static_cast<uint32_t>(cp[4 * r + 2]), static_cast<uint32_t>(cp[4 * r + 3]),
-                                    static_cast<uint32_t>(kp[0]), static_cast<uint32_t>(kp[1]));
-    for (int q = 0; q < 4; ++q) op[4 * r + q] = w.v[q];
-  }
-  return out.to(counter.device());
-}
-
-}  // namespace dropout_ext
-
-TORCH_LIBRARY(dropout_ext, m) {
-  const std::vector<at::Tag> random = {at::Tag::nondeterministic_seeded}, none;
-  for (const char* schema : dropout_ext::kSchemas) {
-    const bool seeded = std::string(schema).find("Generator?") != std::string::npos;
-    const std::vector<at::Tag>& tags = seeded ? random : none;
-    m.def(torch::schema(schema), tags, torch::_RegisterOrVerify::REGISTER);
-  }
-}
+}  // namespace DX_NS
 
 namespace {
 template <typename Lib>
 void register_kernels(Lib& m) {
-  m.impl("dropout", &dropout_ext::dropout_kernel);
-  m.impl("dropout_", &dropout_ext::dropout_inplace_kernel);
-  m.impl("dropout_add", &dropout_ext::dropout_add_kernel);
-  m.impl("bias_dropout_add", &dropout_ext::bias_dropout_add_kernel);
-  m.impl("dropout_backward", &dropout_ext::dropout_backward_kernel);
-  m.impl("philox4x32_10", &dropout_ext::philox_kernel);
+  m.impl("dropout", &DX_NS::dropout_kernel);
+  m.impl("dropout_", &DX_NS::dropout_inplace_kernel);
+  m.impl("dropout_add", &DX_NS::dropout_add_kernel);
+  m.impl("bias_dropout_add", &DX_NS::bias_dropout_add_kernel);
+  m.impl("dropout_backward", &DX_NS::dropout_backward_kernel);
 }
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dropout_ext, CPU, m) { register_kernels(m); }
+TORCH_LIBRARY_IMPL(DX_NS, CPU, m) { register_kernels(m); }
 #ifdef DROPOUT_EXT_WITH_CUDA
-TORCH_LIBRARY_IMPL(dropout_ext, CUDA, m) { register_kernels(m); }
+TORCH_LIBRARY_IMPL(DX_NS, CUDA, m) { register_kernels(m); }
 #endif

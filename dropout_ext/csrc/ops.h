@@ -1,5 +1,5 @@
-// The op schemas (declared in ops.cpp) and the kernel signatures shared by the CPU and
-// CUDA dispatch keys and by autograd.cpp.
+// The kernel signatures of the ops, shared by the CPU and CUDA dispatch keys (ops.cpp), by
+// autograd.cpp and by python.cpp, in the namespace of the module that compiles them (ns.h).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,9 +7,15 @@
 #include <optional>
 #include <tuple>
 
-namespace dropout_ext {
+#include "ns.h"
 
-// Must match SCHEMAS in dropout_ext/_ops.py (tests/test_library.py compares them).
+namespace DX_NS {
+
+using OptTensor = std::optional<at::Tensor>;
+using OptGenerator = std::optional<at::Generator>;
+using OptInts = at::OptionalIntArrayRef;
+
+// The arguments, as the schemas (declared in Python: dropout_ext/_ops.py, SCHEMAS) name them:
 //  rng      int64[2] (key, base) as data (seed=, or drawn in Python under torch.compile);
 //           None: drawn from `generator` (or the device's default one) in C++.
 //  kind     0: out = x * keep / (1 - p); 1: x * keep; 2: alpha dropout (SELU).
@@ -21,24 +27,6 @@ namespace dropout_ext {
 //  global_shape, global_offset  the input is the shard at global_offset of a tensor of
 //           global_shape: its mask is that shard's slice of the full tensor's mask.
 //  strides  (backward) the gradient's strides: those of the forward output.
-constexpr const char* kSchemas[] = {
-    "dropout(Tensor input, Tensor? rng, Generator? generator, float p, int kind, int lead, int save, "
-    "int[]? global_shape=None, int[]? global_offset=None) -> (Tensor, Tensor)",
-    "dropout_(Tensor(a!) input, Tensor? rng, Generator? generator, float p, int kind, int lead, "
-    "int[]? global_shape=None, int[]? global_offset=None) -> ()",
-    "dropout_add(Tensor input, Tensor residual, Tensor? rng, Generator? generator, float p, int save, "
-    "int[]? global_shape=None, int[]? global_offset=None) -> (Tensor, Tensor)",
-    "bias_dropout_add(Tensor input, Tensor bias, Tensor residual, Tensor? rng, Generator? generator, float p, "
-    "int save, int[]? global_shape=None, int[]? global_offset=None) -> (Tensor, Tensor)",
-    "dropout_backward(Tensor grad, Tensor saved, float p, int kind, int lead, int[]? global_shape=None, "
-    "int[]? global_offset=None, int[]? strides=None) -> Tensor",
-    "philox4x32_10(Tensor counter, Tensor key) -> Tensor",
-};
-
-using OptTensor = std::optional<at::Tensor>;
-using OptGenerator = std::optional<at::Generator>;
-using OptInts = at::OptionalIntArrayRef;
-
 std::tuple<at::Tensor, at::Tensor> dropout_kernel(const at::Tensor& input, const OptTensor& rng,
                                                   const OptGenerator& gen, double p, int64_t kind, int64_t lead,
                                                   int64_t save, OptInts global_shape, OptInts global_offset);
@@ -54,4 +42,4 @@ std::tuple<at::Tensor, at::Tensor> bias_dropout_add_kernel(const at::Tensor& inp
 at::Tensor dropout_backward_kernel(const at::Tensor& grad, const at::Tensor& saved, double p, int64_t kind,
                                    int64_t lead, OptInts global_shape, OptInts global_offset, OptInts strides);
 
-}  // namespace dropout_ext
+}  // namespace DX_NS
