@@ -9,7 +9,10 @@
 #   ./dev.sh setup | build | shell-env
 # Environment: PYTHON (default python3), VENV (default .venv), MAX_JOBS (default 2),
 # TORCH_CUDA_ARCH_LIST (default 9.0 here: one architecture keeps test builds fast; a
-# plain `pip install .` builds the release list), DROPOUT_EXT_CUDA=0/1 (see setup.py).
+# plain `pip install .` builds the release list), DROPOUT_EXT_CUDA=0/1 (see setup.py),
+# DROPOUT_EXT_TESTING (default 1 here: the build adds the testing module that the tests
+# need, dropout_ext._testing; `cuda` adds its tunable CUDA launcher; 0 for none; see
+# setup.py). The wheel of wheel-check is built without it, as `pip install .` is.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -18,6 +21,7 @@ VENV=${VENV:-.venv}
 PY="$VENV/bin/python"
 export MAX_JOBS=${MAX_JOBS:-2}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
+export DROPOUT_EXT_TESTING=${DROPOUT_EXT_TESTING:-1}
 
 # The full pip output goes to these files; the terminal gets one line per step (and the
 # log's last lines if a step fails).
@@ -53,9 +57,14 @@ build() {
   # the build settings and torch are those of the last build (the stamp below).
   local stamp
   stamp="$VENV/.build-$( { cat setup.py dropout_ext/_build.py requirements-dev.txt; find dropout_ext/csrc -type f | sort | xargs cat;
-                          echo "$TORCH_CUDA_ARCH_LIST ${DROPOUT_EXT_CUDA:-auto} ${DROPOUT_EXT_SANITIZE:-}"; } | sha1sum | cut -c1-12)"
-  if [ -f "$stamp" ] && ls dropout_ext/_C*.so >/dev/null 2>&1; then
-    "$PY" -c "import dropout_ext; print('== dropout_ext is built (sources unchanged); compiled backends:', dropout_ext.compiled_backends())"
+                          echo "$TORCH_CUDA_ARCH_LIST ${DROPOUT_EXT_CUDA:-auto} ${DROPOUT_EXT_SANITIZE:-} testing=$DROPOUT_EXT_TESTING"; } | sha1sum | cut -c1-12)"
+  local testing_built=1
+  case "$DROPOUT_EXT_TESTING" in
+    0|false|off|no) ;;
+    *) ls dropout_ext/_testing*.so >/dev/null 2>&1 || testing_built=0 ;;
+  esac
+  if [ -f "$stamp" ] && ls dropout_ext/_C*.so >/dev/null 2>&1 && [ $testing_built = 1 ]; then
+    "$PY" -c "import dropout_ext; print('== dropout_ext is built (sources unchanged); compiled backends:', dropout_ext.compiled_backends(), '; testing module:', dropout_ext._backend.testing_ops() is not None)"
     return
   fi
   echo "== building dropout_ext (MAX_JOBS=$MAX_JOBS, TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST; log: $BUILD_LOG)"
@@ -63,19 +72,23 @@ build() {
   "$PY" -m pip install --no-build-isolation --no-deps -v -e . >"$BUILD_LOG" 2>&1 \
     || fail_with_log "building dropout_ext" "$BUILD_LOG"
   sed -n '/dropout_ext build configuration:/,/MAX_JOBS/{p;/MAX_JOBS/q}' "$BUILD_LOG"  # printed once (pip runs setup.py twice)
-  "$PY" -c "import dropout_ext; print('== built in $((SECONDS - t0)) s; compiled backends:', dropout_ext.compiled_backends())"
+  "$PY" -c "import dropout_ext; print('== built in $((SECONDS - t0)) s; compiled backends:', dropout_ext.compiled_backends(), '; testing module:', dropout_ext._backend.testing_ops() is not None)"
   rm -f "$VENV"/.build-*
   touch "$stamp"
 }
 
-# Builds a wheel, installs it with the same torch into a fresh virtual environment and
-# runs a smoke test there from outside the source tree (what a user of the wheel gets).
+# Builds a wheel (without the testing module, as `pip install .` does), installs it with
+# the same torch into a fresh virtual environment and runs a smoke test there from outside
+# the source tree (what a user of the wheel gets; it checks that no development code is in).
 wheel_check() {
-  build
+  setup
   local work
   work=$(mktemp -d)
   echo "== building a wheel (log: $VENV/wheel.log)"
-  "$PY" -m pip wheel --no-build-isolation --no-deps -w "$work/dist" . >"$VENV/wheel.log" 2>&1 \
+  # setuptools builds extensions in build/lib* before copying them in place, and a wheel
+  # takes everything there: a development build's testing module must not ride along.
+  rm -f build/lib*/dropout_ext/_testing*
+  DROPOUT_EXT_TESTING=0 "$PY" -m pip wheel --no-build-isolation --no-deps -w "$work/dist" . >"$VENV/wheel.log" 2>&1 \
     || fail_with_log "building the wheel" "$VENV/wheel.log"
   local wheel torch_version
   wheel=$(ls "$work"/dist/dropout_ext-*.whl)

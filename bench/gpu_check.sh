@@ -25,6 +25,7 @@ OUTDIR=${OUT:-bench/results}
 mkdir -p "$OUTDIR"
 export MAX_JOBS=${MAX_JOBS:-$(nproc)}
 export DROPOUT_EXT_CUDA=1
+export DROPOUT_EXT_TESTING=cuda  # the testing module with its tunable CUDA launcher: the bench's unroll sweep
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$($PY -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')}
 export PYTHONUNBUFFERED=1
 if [ "${PTXAS_VERBOSE:-1}" != "0" ]; then

@@ -1,5 +1,6 @@
 """How the extension is compiled, shared by setup.py (prebuilt wheels) and `build()` (the
-JIT build at first use): sources, compiler flags, and where the CUDA toolkit is.
+JIT build at first use): sources, compiler flags, and where the CUDA toolkit is; and the
+testing module that development builds add (setup.py, DROPOUT_EXT_TESTING).
 
 Kept free of package imports so setup.py can load it by path before the package exists.
 """
@@ -22,12 +23,45 @@ NVCC_FLAGS = ["-O3", "--fmad=false", "-lineinfo", "--expt-relaxed-constexpr"]
 
 
 def sources(cuda, root=HERE):
-    """Source files, relative to `root`'s parent when root is the package folder."""
+    """Source files of the product's module `_C`, relative to `root`'s parent when root is
+    the package folder."""
     base = os.path.join(root, "csrc")
     files = [os.path.join(base, n) for n in ("ops.cpp", "autograd.cpp", "python.cpp")]
     files += sorted(glob.glob(os.path.join(base, "cpu", "*.cpp")))
     if cuda:
         files += sorted(glob.glob(os.path.join(base, "cuda", "*.cu")))
+    return files
+
+
+# The testing module `_testing` (csrc/testing/testing.h): the product's ops again under the
+# op namespace dropout_ext_testing, their CPU kernels the CUDA kernels run by the emulator,
+# plus development-only ops. Never in a wheel: setup.py builds it only when
+# DROPOUT_EXT_TESTING is set (./dev.sh build, test and mutants set it; CI uses them).
+TESTING_DEFINES = ["-DDX_NS=dropout_ext_testing"]
+
+
+def testing_mode(value=None):
+    """What DROPOUT_EXT_TESTING (or `value`) asks for: None (no testing module), "cpu"
+    (the emulator: 1, cpu, yes, true, on) or "cuda" (also a CUDA launcher whose flat-kernel
+    configuration `set_cuda_tuning` switches, for the GPU bench's sweep: compiling the CUDA
+    kernels a second time costs minutes on a small machine, so only where asked for)."""
+    v = (os.environ.get("DROPOUT_EXT_TESTING", "") if value is None else value).strip().lower()
+    if v in ("", "0", "false", "off", "no"):
+        return None
+    if v in ("1", "cpu", "true", "on", "yes"):
+        return "cpu"
+    if v == "cuda":
+        return "cuda"
+    raise ValueError("DROPOUT_EXT_TESTING must be unset/0, 1 (or cpu) or cuda, got %r" % v)
+
+
+def testing_sources(cuda, root=HERE):
+    """Source files of the testing module (csrc/testing/), with its tunable CUDA launcher
+    when `cuda`."""
+    base = os.path.join(root, "csrc", "testing")
+    files = sorted(glob.glob(os.path.join(base, "*.cpp")))
+    if cuda:
+        files += sorted(glob.glob(os.path.join(base, "*.cu")))
     return files
 
 

@@ -20,9 +20,10 @@ def pytest_configure(config):
 
 
 def pytest_report_header(config):
-    return ["dropout_ext imported from %s; compiled backends %s; CPU ISAs %s; GPU %s" % (
+    return ["dropout_ext imported from %s; compiled backends %s; CPU ISAs %s; emulator %s; GPU %s" % (
         os.path.abspath(dropout_ext.__file__), dropout_ext.compiled_backends(), testing.CPU_ISAS or "none",
-        "yes" if testing.HAS_GPU else "no")]
+        ("yes" + (" (and the tunable CUDA launcher)" if testing.HAS_TUNABLE_CUDA else "")) if testing.HAS_EMULATOR
+        else "no (%s)" % testing.NO_EMULATOR_REASON, "yes" if testing.HAS_GPU else "no")]
 
 
 @pytest.fixture(autouse=True)
@@ -40,8 +41,10 @@ def backend(request):
         yield request.param
 
 
-@pytest.fixture(params=testing.CPU_PATHS or ["python"])
+@pytest.fixture(params=(testing.CPU_ISAS + ["cuda-emu"]) if testing.HAS_COMPILED else ["python"])
 def cpu_isa(request):
+    """Each compiled CPU path, and "cuda-emu" (the emulated CUDA kernels; skipped, with the
+    reason, when the testing module is not built)."""
     if request.param == "python":
         pytest.skip(testing.NO_COMPILED_REASON)
     with testing.cpu_isa_ctx(request.param):

@@ -1,5 +1,7 @@
-"""The CUDA kernels (csrc/cuda/kernels.cuh) run on the host by the emulator
-(csrc/cpu/cuda_emulation.cpp, the CPU path "cuda-emu"), on every machine, GPU or not.
+"""The CUDA kernels (csrc/cuda/flat_kernel.cuh, tile_kernel.cuh) run on the host by the
+emulator (csrc/testing/cuda_emulation.cpp: the CPU kernels of the testing module's
+namespace dropout_ext_testing, the backend "emulator", the CPU path "cuda-emu"), on every
+machine, GPU or not; and the product's op namespace, which has none of it.
 
 The emulator runs the kernels' own code for each block and thread of the grid the CUDA
 launcher uses, with real barriers and shared memory, and checks the alignment of vector
@@ -7,19 +9,19 @@ accesses. Here: every op, dtype, layout and backward storage, in shapes that tak
 blocks and partial tiles of both kernels, bit for bit against the Python backend. The
 tests that go over every CPU path (test_mask, test_fuzz, test_layouts, test_shards) run
 the emulator too."""
-import contextlib
-
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from testing import assert_same_bits, backend_ctx, cpu_isa_ctx, requires_compiled, storage_ctx
+from testing import (assert_same_bits, backend_ctx, cpu_isa_ctx, requires_compiled, requires_emulator,
+                     storage_ctx)
 from test_layouts import _ops, _strided_input
 
 import dropout_ext
+from dropout_ext import _backend
 from dropout_ext import functional as F
 
-pytestmark = requires_compiled
+pytestmark = requires_compiled  # and requires_emulator on every test of the emulator
 
 SEED = 0xC0DA
 
@@ -41,7 +43,7 @@ def check_against_python(x, grad=True, ops=None):
             continue
         with backend_ctx("python"):
             ref, ref_g = _run(x, fn, grad)
-        with backend_ctx("compiled"), cpu_isa_ctx("cuda-emu"):
+        with backend_ctx("emulator"):
             out, g = _run(x, fn, grad)
         assert out.stride() == ref.stride(), (name, out.stride(), ref.stride())
         assert_same_bits(out, ref)
@@ -50,12 +52,41 @@ def check_against_python(x, grad=True, ops=None):
             assert_same_bits(g, ref_g)
 
 
-def test_the_emulator_is_selectable_and_not_a_cpu_isa():
-    assert "cuda-emu" not in dropout_ext._backend.cpu_isas_supported()
-    before = dropout_ext._backend.cpu_isa()
-    with cpu_isa_ctx("cuda-emu"):
-        assert dropout_ext._backend.cpu_isa() == "cuda-emu"
-    assert dropout_ext._backend.cpu_isa() == before
+# The product's op namespace: only what dropout_ext/_ops.py declares (SCHEMAS, but the
+# testing module's philox4x32_10) and the run-time CPU path switch.
+PUBLIC_OPS = {"dropout", "dropout_", "dropout_add", "bias_dropout_add", "dropout_backward", "_cpu_isa",
+              "_cpu_isas_supported"}
+
+
+def _namespace_ops(namespace):
+    return {n.split("::", 1)[1] for n in torch._C._dispatch_get_all_op_names() if n.startswith(namespace + "::")}
+
+
+def test_the_product_namespace_has_no_development_ops():
+    assert _namespace_ops("dropout_ext") == PUBLIC_OPS
+    assert "cuda-emu" not in _backend.cpu_isas_supported()
+    with pytest.raises(ValueError, match="unknown CPU ISA"):
+        torch.ops.dropout_ext._cpu_isa("cuda-emu")
+
+
+@requires_emulator
+def test_the_emulator_is_the_testing_namespace_not_a_cpu_isa():
+    """cpu_isa_ctx("cuda-emu") runs the API on dropout_ext_testing (same schemas, no fast
+    entry points) and leaves the product's CPU path alone."""
+    assert _namespace_ops("dropout_ext_testing") == PUBLIC_OPS - {"_cpu_isa", "_cpu_isas_supported"} | {
+        "philox4x32_10", "set_cuda_tuning", "cuda_tuning"}
+    for name in PUBLIC_OPS - {"_cpu_isa", "_cpu_isas_supported"}:
+        testing = getattr(torch.ops.dropout_ext_testing, name).default
+        product = getattr(torch.ops.dropout_ext, name).default
+        assert str(testing._schema).split("::", 1)[1] == str(product._schema).split("::", 1)[1]
+        assert testing.tags == product.tags
+    before = _backend.cpu_isa()
+    with backend_ctx("compiled"), cpu_isa_ctx("cuda-emu"):
+        assert _backend.ops() is torch.ops.dropout_ext_testing and _backend.FAST is None
+        assert _backend.cpu_isa() == before
+        with backend_ctx("compiled"):  # the tests' compiled backend stays on the emulator
+            assert _backend.ops() is torch.ops.dropout_ext_testing
+    assert _backend.ops() is _backend.compiled_ops()
 
 
 def _layouts(dtype):
@@ -81,6 +112,7 @@ def _layouts(dtype):
     }
 
 
+@requires_emulator
 @pytest.mark.parametrize("storage", ["bits", "seed"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last", "transposed", "stepped", "offset", "row-sliced",
@@ -91,6 +123,7 @@ def test_every_op_and_layout_equals_the_python_backend(layout, dtype, storage):
         check_against_python(x, grad=layout != "expanded")
 
 
+@requires_emulator
 @pytest.mark.parametrize("storage", ["bits", "seed"])
 @settings(max_examples=20, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(shape=st.lists(st.integers(1, 12), min_size=1, max_size=4), perm_seed=st.integers(0, 1000),
@@ -103,6 +136,7 @@ def test_any_strides(storage, shape, perm_seed, step, start):
         check_against_python(x, ops=("dropout", "dropout_add", "bias_dropout_add", "drop_path", "alpha_dropout"))
 
 
+@requires_emulator
 @pytest.mark.parametrize("bias_len", [1, 3, 8, 13, 64, 1000, 4096])
 def test_flat_bias_indexing(bias_len):
     """bias_dropout_add's bias is advanced per unit of 8 and wrapped per element."""
@@ -114,12 +148,13 @@ def test_flat_bias_indexing(bias_len):
     for storage in ("bits", "seed"):
         with storage_ctx(storage):
             outs = []
-            for backend, isa in (("python", None), ("compiled", "cuda-emu")):
-                with backend_ctx(backend), (cpu_isa_ctx(isa) if isa else contextlib.nullcontext()):
+            for backend in ("python", "emulator"):
+                with backend_ctx(backend):
                     outs.append(F.bias_dropout_add(x, b, r, 0.3, seed=SEED))
             assert_same_bits(outs[1], outs[0])
 
 
+@requires_emulator
 @pytest.mark.parametrize("offset", [(0, 0), (0, 1), (0, 3), (0, 5), (2, 7), (1, 64)])
 def test_shard_word_offsets(offset):
     """Shards whose first word is not on a Philox block: keep8's three-block path."""
@@ -131,7 +166,7 @@ def test_shard_word_offsets(offset):
         ref = F.dropout(local, 0.4, **kw)
         whole = F.dropout(full, 0.4, seed=SEED)
     assert_same_bits(ref, whole[i:i + 4, j:j + 80])
-    with backend_ctx("compiled"), cpu_isa_ctx("cuda-emu"):
+    with backend_ctx("emulator"):
         got = F.dropout(local, 0.4, **kw)
         got_contig = F.dropout(local.contiguous(), 0.4, **kw)
     assert_same_bits(got, ref)
@@ -145,13 +180,14 @@ def _compare_backends(fn, x, grad=True):
         with storage_ctx(storage):
             with backend_ctx("python"):
                 ref, ref_g = _run(x, fn, grad)
-            with backend_ctx("compiled"), cpu_isa_ctx("cuda-emu"):
+            with backend_ctx("emulator"):
                 out, g = _run(x, fn, grad)
             assert_same_bits(out, ref)
             if grad:
                 assert_same_bits(g, ref_g)
 
 
+@requires_emulator
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 def test_flat_grid_stride_loop(dtype):
     """The emulator caps the flat grid at three blocks, so these contiguous tensors (more
@@ -168,22 +204,25 @@ def test_flat_grid_stride_loop(dtype):
     _compare_backends(lambda t, **kw: F.alpha_dropout(t, 0.3, True, **kw), x)
     _compare_backends(lambda t, **kw: F.dropout_add(t, r, 0.4, **kw), x)
     _compare_backends(lambda t, **kw: F.bias_dropout_add(t, b, r2, 0.4, **kw), x2)
-    ops = dropout_ext._backend.compiled_ops()
+    ops = _backend.testing_ops()
     with backend_ctx("python"):
         want = F.dropout(x, 0.4, seed=SEED)
-    old_unroll, old_persistent = ops._cuda_unroll(0), ops._cuda_persistent(-1)
+    old = ops.cuda_tuning()
+    assert old == (2, True)  # the product's compile-time choice (csrc/cuda/dispatch.h)
     try:
         for unroll in (1, 4):
-            for persistent in (0, 1):
-                ops._cuda_unroll(unroll)
-                ops._cuda_persistent(persistent)
-                with backend_ctx("compiled"), cpu_isa_ctx("cuda-emu"):
+            for persistent in (False, True):
+                ops.set_cuda_tuning(unroll, persistent)
+                assert ops.cuda_tuning() == (unroll, persistent)
+                with backend_ctx("emulator"):
                     assert_same_bits(F.dropout(x, 0.4, seed=SEED), want)
+        with pytest.raises(ValueError, match="unroll must be 1, 2 or 4"):
+            ops.set_cuda_tuning(3, True)
     finally:
-        ops._cuda_unroll(old_unroll)
-        ops._cuda_persistent(old_persistent)
+        ops.set_cuda_tuning(*old)
 
 
+@requires_emulator
 @pytest.mark.parametrize("run", [1, 3, 7, 8, 9, 49, 196, 256, 3001])
 def test_flat_channel_wise_runs(run):
     """A contiguous input of a channel-wise op reads its mask with the flat kernel, one bit
@@ -199,6 +238,7 @@ def test_flat_channel_wise_runs(run):
     _compare_backends(lambda t, **kw: F.drop_path(t, 0.5, **kw), x1[:1].contiguous())  # one sample: one bit
 
 
+@requires_emulator
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
 @pytest.mark.parametrize("cols, gcols, j", [(64, 128, 64), (48, 101, 5), (8, 27, 19), (512, 1030, 3), (40, 41, 1),
                                             (100, 230, 7), (12, 30, 2)])
@@ -226,6 +266,6 @@ def test_flat_column_shards(dtype, cols, gcols, j):
         _compare_backends(fn, x)
     with backend_ctx("python"):
         whole = F.dropout(full, 0.4, seed=SEED)
-    with backend_ctx("compiled"), cpu_isa_ctx("cuda-emu"):
+    with backend_ctx("emulator"):
         got = ops["dropout"](x, seed=SEED)
     assert_same_bits(got, whole[i:i + rows, j:j + cols])

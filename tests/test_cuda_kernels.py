@@ -4,7 +4,7 @@ work sizes, (key, base) from the CUDA generator (Python backend and kernels agre
 CUDA graphs, torch.func and torch.compile. Skipped (visibly) without a GPU."""
 import pytest
 import torch
-from testing import DTYPES, assert_same_bits, backend_ctx, requires_gpu, storage_ctx
+from testing import DTYPES, HAS_TUNABLE_CUDA, assert_same_bits, backend_ctx, requires_gpu, storage_ctx
 
 import dropout_ext
 from dropout_ext import _backend
@@ -88,21 +88,29 @@ def test_non_dense_gpu_views_equal_cpu():
                 assert_same_bits(op(xg, r.cuda(), b.cuda(), seed=9).cpu(), op(xc, r, b, seed=9))
 
 
+@pytest.mark.skipif(not HAS_TUNABLE_CUDA, reason="the testing module's tunable CUDA launcher is not built (a build "
+                    "with DROPOUT_EXT_TESTING=cuda has it, as bench/gpu_check.sh makes)")
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_flat_kernel_work_sizes_and_bias_lengths(dtype):
-    ops = _backend.compiled_ops()
+def test_flat_kernel_work_sizes(dtype):
+    """Every configuration of the GPU bench's sweep (the testing module's tunable launcher,
+    torch.ops.dropout_ext_testing) gives the product's mask and values."""
+    ops = _backend.testing_ops()
     x = torch.randn(3 * 2**20 + 5, dtype=dtype)
     ref = F.dropout(x, 0.3, seed=2)
-    old, old_persistent = ops._cuda_unroll(0), ops._cuda_persistent(-1)
+    assert_same_bits(F.dropout(x.cuda(), 0.3, seed=2).cpu(), ref)  # the product's configuration
+    old = ops.cuda_tuning()
     try:
         for unroll in (1, 2, 4):
-            for persistent in (0, 1):  # 16-bit types: a grid covering the tensor, or the resident blocks
-                ops._cuda_unroll(unroll)
-                ops._cuda_persistent(persistent)
-                assert_same_bits(F.dropout(x.cuda(), 0.3, seed=2).cpu(), ref)
+            for persistent in (False, True):  # 16-bit types: a grid covering the tensor, or the resident blocks
+                ops.set_cuda_tuning(unroll, persistent)
+                with backend_ctx("emulator"):  # the testing namespace: its CUDA kernels are the tunable ones
+                    assert_same_bits(F.dropout(x.cuda(), 0.3, seed=2).cpu(), ref)
     finally:
-        ops._cuda_unroll(old)
-        ops._cuda_persistent(old_persistent)
+        ops.set_cuda_tuning(*old)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_flat_kernel_bias_lengths(dtype):
     for cols in (1, 3, 7, 8, 9, 768, 1000, 4099):
         rows = max(1, 50_000 // cols)
         xb = torch.randn(rows, cols, dtype=dtype)

@@ -2,9 +2,9 @@
 every op, and torch.compile(fullgraph=True)."""
 import pytest
 import torch
-from testing import assert_same_bits, requires_compiled
+from testing import HAS_EMULATOR, assert_same_bits, requires_compiled
 
-from dropout_ext import _ops
+from dropout_ext import _backend, _ops
 from dropout_ext import functional as F
 from dropout_ext import nn
 
@@ -40,11 +40,13 @@ def _samples(dtype=torch.float32):
 
 
 @pytest.mark.parametrize("name", list(_ops.SCHEMAS))
-def test_opcheck(name):
+@pytest.mark.parametrize("ns", ["dropout_ext"] + (["dropout_ext_testing"] if HAS_EMULATOR else []))
+def test_opcheck(ns, name):
     """The ops of the backend that serves the op names (the fallback's in the forced-Python
-    run of tests/test_fallback.py)."""
+    run of tests/test_fallback.py), and the emulated CUDA kernels of the testing module."""
+    ops = torch.ops.dropout_ext if ns == "dropout_ext" else _backend.testing_ops()
     for args in _samples()[name]:
-        torch.library.opcheck(getattr(torch.ops.dropout_ext, name).default, args)
+        torch.library.opcheck(getattr(ops, name).default, args)
 
 
 class Block(torch.nn.Module):

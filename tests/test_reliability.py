@@ -221,6 +221,12 @@ def test_raw_ops_reject_bad_arguments():
         lambda: ops.bias_dropout_add(x, torch.randn(2, 8), x, rng, None, 0.5, 0),     # bias rank
         lambda: ops.bias_dropout_add(torch.randn(()), torch.randn(1), torch.randn(()), rng, None, 0.5, 0),
     ]
+    testing_ops = _backend.testing_ops()  # philox4x32_10 is in the testing module's namespace only
+    if testing_ops is not None:
+        bad += [
+            lambda: testing_ops.philox4x32_10(torch.zeros(3, 3, dtype=torch.long), rng),  # counter shape
+            lambda: testing_ops.philox4x32_10(torch.zeros(3, 4, dtype=torch.long), torch.tensor([1])),
+        ]
     before = x.clone()
     for i, fn in enumerate(bad):
         with pytest.raises((RuntimeError, ValueError, TypeError)):

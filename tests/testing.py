@@ -22,10 +22,23 @@ BACKENDS = ["compiled", "python"] if HAS_COMPILED else ["python"]
 DEVICES = ["cpu"] + (["cuda"] if HAS_GPU and HAS_CUDA_KERNELS else [])
 DTYPES = [torch.float16, torch.bfloat16, torch.float32, torch.float64]
 CPU_ISAS = _backend.cpu_isas_supported()
-# The compiled CPU paths, plus the CUDA kernels run on the host by the emulator
-# (csrc/cpu/cuda_emulation.cpp): tests that go over every path check the CUDA kernels'
-# arithmetic here too, GPU or not.
-CPU_PATHS = CPU_ISAS + (["cuda-emu"] if HAS_COMPILED else [])
+# The testing module of a development build (dropout_ext._testing, DROPOUT_EXT_TESTING=1 at
+# build time): torch.ops.dropout_ext_testing, the compiled ops again with the CUDA kernels
+# run on the host by an emulator (csrc/testing/cuda_emulation.cpp) as their CPU kernels,
+# and, with DROPOUT_EXT_TESTING=cuda, a CUDA launcher whose flat-kernel configuration
+# set_cuda_tuning switches.
+HAS_EMULATOR = HAS_COMPILED and _backend.testing_ops() is not None
+NO_EMULATOR_REASON = ("the testing module dropout_ext._testing is not loaded (a build with DROPOUT_EXT_TESTING=1 "
+                      "has it): %s" % (_backend.testing_load_error,))
+requires_emulator = pytest.mark.skipif(not HAS_EMULATOR, reason=NO_EMULATOR_REASON)
+HAS_TUNABLE_CUDA = HAS_EMULATOR and torch._C._dispatch_has_kernel_for_dispatch_key("dropout_ext_testing::dropout",
+                                                                                    "CUDA")
+# The compiled CPU paths, plus "cuda-emu": the CUDA kernels run on the host by the emulator
+# (cpu_isa_ctx runs the API on the testing namespace), so that tests that go over every
+# path check the CUDA kernels' arithmetic too, GPU or not. Without the testing module the
+# loops over CPU_PATHS leave it out; the cpu_isa fixture (conftest.py) and
+# test_cuda_emulation.py skip it with NO_EMULATOR_REASON.
+CPU_PATHS = CPU_ISAS + (["cuda-emu"] if HAS_EMULATOR else [])
 
 # Shapes: empty, 0-dim, numel not a multiple of 4, 8 or 64, and large odd sizes.
 SHAPES = [(0,), (2, 0, 3), (), (1,), (3,), (7,), (13, 5), (64,), (65,), (4, 33, 3), (1000, 37), (100003,)]
@@ -193,12 +206,15 @@ def compiled_build_problem():
     import site
     import sysconfig
 
-    if _backend.compiled_ops() is not None:
-        return None
     imported = os.path.abspath(dropout_ext.__file__)
+    require = os.environ.get("DROPOUT_EXT_REQUIRE_COMPILED", "").strip().lower() not in ("", "0", "false", "no")
+    if _backend.compiled_ops() is not None:
+        if require and not HAS_EMULATOR:  # the emulator's tests would be skipped
+            return ("DROPOUT_EXT_REQUIRE_COMPILED=1 but %s; dropout_ext was imported from %s"
+                    % (NO_EMULATOR_REASON, imported))
+        return None
     why = "the compiled ops are not loaded (%s)" % (
         "DROPOUT_EXT_FORCE_PYTHON=1" if _backend.FORCE_PYTHON else "load error: %s" % (_backend.load_error,))
-    require = os.environ.get("DROPOUT_EXT_REQUIRE_COMPILED", "").strip().lower() not in ("", "0", "false", "no")
     if require:
         return "DROPOUT_EXT_REQUIRE_COMPILED=1 but %s; dropout_ext was imported from %s" % (why, imported)
     if _backend.FORCE_PYTHON:
@@ -242,13 +258,35 @@ def storage_ctx(mode):
     return _switched(dropout_ext.backward_storage, dropout_ext.set_backward_storage, mode)
 
 
+_emulating = False  # inside cpu_isa_ctx("cuda-emu")
+
+
+@contextlib.contextmanager
 def cpu_isa_ctx(isa):
-    """The CPU kernels run on `isa` inside the block."""
-    return _switched(_backend.cpu_isa, _backend.cpu_isa, isa)
+    """The CPU kernels run on `isa` inside the block. "cuda-emu": the API runs on the
+    testing namespace, whose CPU kernels are the emulated CUDA kernels (the product's ISA
+    switch is left alone), and backend_ctx("compiled") inside the block keeps it there;
+    skips the test when the testing module is not built."""
+    global _emulating
+    if isa != "cuda-emu":
+        with _switched(_backend.cpu_isa, _backend.cpu_isa, isa):
+            yield
+        return
+    if not HAS_EMULATOR:
+        pytest.skip(NO_EMULATOR_REASON)
+    old = _emulating
+    _emulating = True
+    try:
+        with _backend.use("emulator"):
+            yield
+    finally:
+        _emulating = old
 
 
 def backend_ctx(name):
-    return _backend.use(name)
+    """The API on backend `name` ("compiled", "python" or "emulator") inside the block;
+    "compiled" inside cpu_isa_ctx("cuda-emu") is the emulator."""
+    return _backend.use("emulator" if name == "compiled" and _emulating else name)
 
 
 __all__ = [n for n in dir() if not n.startswith("_")] + ["dropout_ext"]

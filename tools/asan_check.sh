@@ -11,7 +11,7 @@ PY=${PYTHON:-$( [ -x .venv/bin/python ] && echo .venv/bin/python || echo python3
 OUT=${ASAN_BUILD_DIR:-/tmp/dropout_ext_asan}
 mkdir -p "$OUT"
 echo "== building with -fsanitize=address into $OUT"
-DROPOUT_EXT_SANITIZE=address DROPOUT_EXT_CUDA=0 MAX_JOBS=${MAX_JOBS:-2} \
+DROPOUT_EXT_SANITIZE=address DROPOUT_EXT_CUDA=0 DROPOUT_EXT_TESTING=1 MAX_JOBS=${MAX_JOBS:-2} \
   "$PY" setup.py build_ext --build-lib "$OUT/lib" --build-temp "$OUT/tmp" > "$OUT/build.log" 2>&1 \
   || { tail -30 "$OUT/build.log"; exit 1; }
 cp -r dropout_ext/*.py "$OUT/lib/dropout_ext/"
@@ -23,10 +23,15 @@ PYTHONPATH="$OUT/lib" "$OLDPWD/$PY" - <<'PYEOF'
 import torch, dropout_ext
 from dropout_ext import _backend, functional as F
 assert dropout_ext.compiled_backends() == ("cpu",), dropout_ext.compiled_backends()
-# cuda-emu: the CUDA kernels on the host (one OS thread per CUDA thread under ASan: fewer cases)
+# cuda-emu (last): the CUDA kernels on the host, the testing module's ops (one OS thread per
+# CUDA thread under ASan: fewer cases)
+assert _backend.testing_ops() is not None, _backend.testing_load_error
 for isa in _backend.cpu_isas_supported() + ["cuda-emu"]:
     emu = isa == "cuda-emu"
-    _backend.cpu_isa(isa)
+    if emu:
+        _backend.use("emulator").__enter__()  # for the rest of the run
+    else:
+        _backend.cpu_isa(isa)
     for dtype in (torch.float16, torch.float64) if emu else (torch.float16, torch.bfloat16, torch.float32, torch.float64):
         for n in (0, 7, 65, 1000) if emu else (0, 1, 7, 63, 64, 65, 129, 1000, 4099):
             for storage in ("bits",) if emu else ("seed", "bits"):

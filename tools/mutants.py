@@ -53,7 +53,11 @@ T_DROP = "tests/test_dropout.py"
 T_FAM = "tests/test_family.py"
 T_API = "tests/test_api.py"
 T_EMU = "tests/test_cuda_emulation.py"
-CUK = "dropout_ext/csrc/cuda/kernels.cuh"
+CUDA_COMMON = "dropout_ext/csrc/cuda/kernel_common.cuh"
+CUDA_FLAT = "dropout_ext/csrc/cuda/flat_kernel.cuh"
+CUDA_TILE = "dropout_ext/csrc/cuda/tile_kernel.cuh"
+CUDA_PLAN = "dropout_ext/csrc/cuda/plan.h"
+CUDA_DISPATCH = "dropout_ext/csrc/cuda/dispatch.h"
 
 
 @dataclass
@@ -188,7 +192,7 @@ MUTANTS = [
            "r |= static_cast<uint64_t>(w.v[q] >= k.m.threshold) << (4 * c + q);",
            "r |= static_cast<uint64_t>(w.v[q] > k.m.threshold) << (4 * c + q);",
            [T_MASK + "::test_threshold_boundaries_every_isa"], needs_build=True, why="scalar CPU kernel: keep iff u > t"),
-    Mutant("kernel-cpu-draw-order", "dropout_ext/csrc/cpu/launch.cpp",
+    Mutant("kernel-cpu-draw-order", "dropout_ext/csrc/cpu/draw_rng.cpp",
            "  m.key = g->random64() % kRange - (uint64_t(1) << 63);\n  m.base = g->random64() % kRange - (uint64_t(1) << 63);",
            "  m.base = g->random64() % kRange - (uint64_t(1) << 63);\n  m.key = g->random64() % kRange - (uint64_t(1) << 63);",
            [T_MASK + "::test_generator_call_draws_the_expected_pair"], needs_build=True,
@@ -198,57 +202,58 @@ MUTANTS = [
            "            apply_lanes<T, OP>(a, off, lane, rows_of[b], cols[b][t0]);",
            ["tests/test_layouts.py::test_pytorch_permute_and_slice_inputs"], needs_build=True,
            why="tile mode applies one column's keep bits to its whole group"),
-    # ---- CUDA kernels (cuda/kernels.cuh), killed on the host through the emulator
-    Mutant("cuda-tile-dstep", CUK, "          const int64_t di = int64_t(i) * dstep;",
+    # ---- CUDA kernels and their host planning (csrc/cuda/), killed on the host through the
+    # emulator (the testing module's CPU kernels)
+    Mutant("cuda-tile-dstep", CUDA_TILE, "          const int64_t di = int64_t(i) * dstep;",
            "          const int64_t di = int64_t(i);",
            [T_EMU + "::test_every_op_and_layout_equals_the_python_backend"], needs_build=True,
            why="CUDA tile kernel: a thread's loads step one column instead of dstep"),
-    Mutant("cuda-tile-smask-bit", CUK, "(sh.smask[ml * bytes_per_row + (dl >> 3)] >> (dl & 7)) & 1;",
+    Mutant("cuda-tile-smask-bit", CUDA_TILE, "(sh.smask[ml * bytes_per_row + (dl >> 3)] >> (dl & 7)) & 1;",
            "(sh.smask[ml * bytes_per_row + (dl >> 3)] >> (dl & 3)) & 1;",
            [T_EMU + "::test_every_op_and_layout_equals_the_python_backend"], needs_build=True,
            why="CUDA tile kernel: wrong bit of the shared mask byte"),
-    Mutant("cuda-or-bits-carry", CUK, "  if (shift > 24) {", "  if (shift > 28) {",
+    Mutant("cuda-or-bits-carry", CUDA_COMMON, "  if (shift > 24) {", "  if (shift > 28) {",
            [T_EMU + "::test_every_op_and_layout_equals_the_python_backend"], needs_build=True,
            why="CUDA tile kernel: saved bits that cross a 32-bit word are lost"),
-    Mutant("cuda-flat-bias-advance", CUK, "  p.d_unit = split_qr(int64_t(kThreads) * kUnit, p.div);",
+    Mutant("cuda-flat-bias-advance", CUDA_DISPATCH, "  p.d_unit = split_qr(int64_t(kThreads) * kUnit, p.div);",
            "  p.d_unit = split_qr(int64_t(kThreads) * kUnit - kUnit, p.div);",
            [T_EMU + "::test_flat_bias_indexing"], needs_build=True,
            why="CUDA flat kernel: the bias index of a thread's next unit"),
-    Mutant("cuda-flat-step-advance", CUK, "  p.d_step = split_qr(blocks * kThreads * UNROLL * kUnit, p.div);",
+    Mutant("cuda-flat-step-advance", CUDA_DISPATCH, "  p.d_step = split_qr(blocks * kThreads * UNROLL * kUnit, p.div);",
            "  p.d_step = split_qr(blocks * kThreads * kUnit, p.div);",
            [T_EMU + "::test_flat_grid_stride_loop"], needs_build=True,
            why="CUDA flat kernel: the bias index after a grid stride (several iterations per thread)"),
-    Mutant("cuda-pipe-prefetch", CUK,
+    Mutant("cuda-pipe-prefetch", CUDA_FLAT,
            "    if (PIPE && kData && next < units) load_units<T, kHasRes, UNROLL>(c, x, res, next, full, xn, rn);",
            "    if (PIPE && kData && next < units) load_units<T, kHasRes, UNROLL>(c, x, res, u0, full, xn, rn);",
            [T_EMU + "::test_flat_grid_stride_loop"], needs_build=True,
            why="CUDA pipelined flat kernel (16-bit): the loads ahead fetch this iteration's units again"),
-    Mutant("cuda-group-cross", CUK, "    if (++e.r == n) {", "    if (++e.r > n) {",
+    Mutant("cuda-group-cross", CUDA_FLAT, "    if (++e.r == n) {", "    if (++e.r > n) {",
            [T_EMU + "::test_flat_channel_wise_runs"], needs_build=True,
            why="CUDA flat kernel: a channel-wise mask's next bit inside a unit of 8"),
-    Mutant("cuda-group-draw-cross", CUK,
+    Mutant("cuda-group-draw-cross", CUDA_FLAT,
            "  const uint32_t k1 = keep_element(m, wbase + static_cast<uint64_t>(e.q) + 1) ? 0xFFu : 0u;",
            "  const uint32_t k1 = keep_element(m, wbase + static_cast<uint64_t>(e.q)) ? 0xFFu : 0u;",
            [T_EMU + "::test_flat_channel_wise_runs"], needs_build=True,
            why="CUDA flat kernel, channel-wise mask drawn in the data pass: a unit that starts a new run"),
-    Mutant("cuda-group-bits-writer", CUK, "  if ((q & 7) != 0 || q >= nbits) return;",
+    Mutant("cuda-group-bits-writer", CUDA_FLAT, "  if ((q & 7) != 0 || q >= nbits) return;",
            "  if ((q & 3) != 0 || q >= nbits) return;",
            [T_EMU + "::test_flat_channel_wise_runs"], needs_build=True,
            why="CUDA flat kernel, channel-wise mask drawn in the data pass: which thread writes a saved byte"),
-    Mutant("cuda-keep8-unaligned", CUK, "    case 1: return keep8_from<1>(u, m.threshold);",
+    Mutant("cuda-keep8-unaligned", CUDA_COMMON, "    case 1: return keep8_from<1>(u, m.threshold);",
            "    case 1: return keep8_from<2>(u, m.threshold);",
            [T_EMU + "::test_shard_word_offsets"], needs_build=True,
            why="CUDA kernels: 8 words that start one past a Philox block"),
-    Mutant("cuda-rows-word-stride", CUK, "        const int64_t w = kRows ? pu.q * p.wrow + pu.r : u * kUnit;",
+    Mutant("cuda-rows-word-stride", CUDA_FLAT, "        const int64_t w = kRows ? pu.q * p.wrow + pu.r : u * kUnit;",
            "        const int64_t w = kRows ? pu.q * p.div + pu.r : u * kUnit;",
            [T_EMU + "::test_flat_column_shards"], needs_build=True,
            why="CUDA flat kernel, column shards: the mask words' row stride"),
-    Mutant("cuda-rows-plan", CUK,
+    Mutant("cuda-rows-plan", CUDA_PLAN,
            "    if (a.bits_in || !data || c % kUnit != 0 || !data_strides(1, 1) || !data_strides(0, c)) return false;",
            "    if (a.bits_in || !data || !data_strides(1, 1) || !data_strides(0, c)) return false;",
            [T_EMU + "::test_flat_column_shards"], needs_build=True,
            why="CUDA planner: row mode only for rows of whole units of 8"),
-    # ---- C++ autograd and the CPU lanes of the per-call work (issue 10)
+    # ---- C++ autograd and the CPU lanes of the per-call work
     Mutant("autograd-lead-packing", "dropout_ext/csrc/autograd.cpp",
            "    return backward_op().call(grad, saved, p, m & 3, m >> 2, gs, go, OptInts(at::IntArrayRef(strides)));",
            "    return backward_op().call(grad, saved, p, m & 3, m >> 1, gs, go, OptInts(at::IntArrayRef(strides)));",

@@ -26,7 +26,7 @@
 
 #include "ops.h"
 
-namespace dropout_ext {
+namespace DX_NS {
 namespace {
 
 using at::Tensor;
@@ -45,23 +45,23 @@ c10::TypedOperatorHandle<Sig> op_handle(const char* name) {
 }
 
 const c10::TypedOperatorHandle<DropoutSig>& dropout_op() {
-  static const auto op = op_handle<DropoutSig>("dropout_ext::dropout");
+  static const auto op = op_handle<DropoutSig>(DX_OP_NAME("dropout"));
   return op;
 }
 const c10::TypedOperatorHandle<DropoutInplaceSig>& dropout_inplace_op() {
-  static const auto op = op_handle<DropoutInplaceSig>("dropout_ext::dropout_");
+  static const auto op = op_handle<DropoutInplaceSig>(DX_OP_NAME("dropout_"));
   return op;
 }
 const c10::TypedOperatorHandle<DropoutAddSig>& dropout_add_op() {
-  static const auto op = op_handle<DropoutAddSig>("dropout_ext::dropout_add");
+  static const auto op = op_handle<DropoutAddSig>(DX_OP_NAME("dropout_add"));
   return op;
 }
 const c10::TypedOperatorHandle<BiasDropoutAddSig>& bias_dropout_add_op() {
-  static const auto op = op_handle<BiasDropoutAddSig>("dropout_ext::bias_dropout_add");
+  static const auto op = op_handle<BiasDropoutAddSig>(DX_OP_NAME("bias_dropout_add"));
   return op;
 }
 const c10::TypedOperatorHandle<BackwardSig>& backward_op() {
-  static const auto op = op_handle<BackwardSig>("dropout_ext::dropout_backward");
+  static const auto op = op_handle<BackwardSig>(DX_OP_NAME("dropout_backward"));
   return op;
 }
 
@@ -227,7 +227,7 @@ struct BackwardFn : public torch::autograd::Function<BackwardFn> {
 };
 
 }  // namespace
-}  // namespace dropout_ext
+}  // namespace DX_NS
 
 // torch's CppNode<T>::apply hands name(), the demangled type name of the node, to
 // CppNode_apply_functional on every backward call, for error messages only; demangling
@@ -239,11 +239,11 @@ struct BackwardFn : public torch::autograd::Function<BackwardFn> {
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
 #define DX_NAMED_ONCE(FN)                                                                              \
   template <>                                                                                          \
-  variable_list CppNode<dropout_ext::FN>::apply(variable_list&& inputs) {                              \
+  variable_list CppNode<DX_NS::FN>::apply(variable_list&& inputs) {                                    \
     static const std::string kName = name();                                                           \
     std::lock_guard<std::mutex> lock(mutex_);                                                          \
-    return CppNode_apply_functional<dropout_ext::FN>(std::move(inputs), ctx_, is_variable_input_, output_info_, \
-                                                     kName);                                           \
+    return CppNode_apply_functional<DX_NS::FN>(std::move(inputs), ctx_, is_variable_input_, output_info_, \
+                                               kName);                                                 \
   }
 namespace torch::autograd {
 DX_NAMED_ONCE(DropoutFn)
@@ -254,7 +254,7 @@ DX_NAMED_ONCE(BackwardFn)
 #undef DX_NAMED_ONCE
 #endif
 
-namespace dropout_ext {
+namespace DX_NS {
 namespace {
 
 std::tuple<Tensor, Tensor> dropout_autograd(const Tensor& input, const OptTensor& rng, const OptGenerator& gen,
@@ -317,12 +317,12 @@ Tensor dropout_backward_autograd(const Tensor& grad, const Tensor& saved, double
 }
 
 }  // namespace
-}  // namespace dropout_ext
+}  // namespace DX_NS
 
-TORCH_LIBRARY_IMPL(dropout_ext, Autograd, m) {
-  m.impl("dropout", &dropout_ext::dropout_autograd);
-  m.impl("dropout_", &dropout_ext::dropout_inplace_autograd);
-  m.impl("dropout_add", &dropout_ext::dropout_add_autograd);
-  m.impl("bias_dropout_add", &dropout_ext::bias_dropout_add_autograd);
-  m.impl("dropout_backward", &dropout_ext::dropout_backward_autograd);
+TORCH_LIBRARY_IMPL(DX_NS, Autograd, m) {
+  m.impl("dropout", &DX_NS::dropout_autograd);
+  m.impl("dropout_", &DX_NS::dropout_inplace_autograd);
+  m.impl("dropout_add", &DX_NS::dropout_add_autograd);
+  m.impl("bias_dropout_add", &DX_NS::bias_dropout_add_autograd);
+  m.impl("dropout_backward", &DX_NS::dropout_backward_autograd);
 }

@@ -1,6 +1,6 @@
 // Where each element of a pass lives: its memory offset in every operand, its mask word
-// (the Philox index of SPEC section 3) and its bit in the packed keep mask. Shared by the
-// CPU and CUDA kernels (host + device), torch-free like philox.h.
+// (its Philox index, docs/design.md "The mask") and its bit in the packed keep mask.
+// Shared by the CPU and CUDA kernels (host + device), torch-free like philox.h.
 //
 // Every index is an affine function of the element's multi-index (i_0 .. i_{d-1}) in the
 // tensor's (local) shape:

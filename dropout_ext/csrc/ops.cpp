@@ -1,9 +1,12 @@
-// The device-generic glue of the ops whose schemas dropout_ext/_ops.py defines: argument
-// checks (the one place the compiled kernels validate), the empty_like output, (key, base),
-// the layout description (index.h), then one launcher call per pass (cpu/launch.cpp or
-// cuda/launch.cu). The same kernel functions serve the CPU and CUDA dispatch keys.
-// Autograd is in autograd.cpp; fake kernels and the Python kernels are registered from
-// dropout_ext/_ops.py.
+// The ops' device-generic glue: argument checks, the empty_like output, (key, base), the
+// layout description (index.h), then one launcher call per pass (launch.h). The same
+// kernel functions serve the CPU and CUDA dispatch keys; they are the one place the
+// compiled kernels validate their arguments. The schemas are defined in Python
+// (dropout_ext/_ops.py, SCHEMAS); autograd is in autograd.cpp, fake kernels in _ops.py.
+//
+// Compiled into the product (namespace dropout_ext) and, with the emulator's and the
+// tunable CUDA launcher's launch.h functions, into the testing module
+// (dropout_ext_testing, testing/ops.cpp): see ns.h.
 #include <ATen/ATen.h>
 #include <ATen/EmptyTensor.h>
 #include <c10/core/DeviceGuard.h>
@@ -20,7 +23,7 @@
 #include "launch.h"
 #include "ops.h"
 
-namespace dropout_ext {
+namespace DX_NS {
 namespace {
 
 using at::Tensor;
@@ -302,7 +305,7 @@ void run_mask_pass(const PassArgs& data, const Call& c, uint8_t* bits, int64_t w
 // A packed bit mask of `words` bits: (words + 7) / 8 bytes. On CUDA its allocation is
 // rounded up to whole 32-bit words (the sizes are then set back, no view), because the
 // tile kernel ORs bits in with 32-bit atomics on the aligned word that holds a byte
-// (cuda/kernels.cuh, or_bits).
+// (cuda/kernel_common.cuh, or_bits).
 Tensor bit_buffer(int64_t words, const at::Device& device) {
   const int64_t bytes = (words + 7) / 8;
   if (!device.is_cuda()) return empty_1d(bytes, at::kByte, device);
@@ -484,20 +487,20 @@ Tensor dropout_backward_kernel(const Tensor& grad, const Tensor& saved, double p
   return out;
 }
 
-}  // namespace dropout_ext
+}  // namespace DX_NS
 
 namespace {
 template <typename Lib>
 void register_kernels(Lib& m) {
-  m.impl("dropout", &dropout_ext::dropout_kernel);
-  m.impl("dropout_", &dropout_ext::dropout_inplace_kernel);
-  m.impl("dropout_add", &dropout_ext::dropout_add_kernel);
-  m.impl("bias_dropout_add", &dropout_ext::bias_dropout_add_kernel);
-  m.impl("dropout_backward", &dropout_ext::dropout_backward_kernel);
+  m.impl("dropout", &DX_NS::dropout_kernel);
+  m.impl("dropout_", &DX_NS::dropout_inplace_kernel);
+  m.impl("dropout_add", &DX_NS::dropout_add_kernel);
+  m.impl("bias_dropout_add", &DX_NS::bias_dropout_add_kernel);
+  m.impl("dropout_backward", &DX_NS::dropout_backward_kernel);
 }
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dropout_ext, CPU, m) { register_kernels(m); }
+TORCH_LIBRARY_IMPL(DX_NS, CPU, m) { register_kernels(m); }
 #ifdef DROPOUT_EXT_WITH_CUDA
-TORCH_LIBRARY_IMPL(dropout_ext, CUDA, m) { register_kernels(m); }
+TORCH_LIBRARY_IMPL(DX_NS, CUDA, m) { register_kernels(m); }
 #endif

@@ -5,7 +5,7 @@
 // torch dependency on purpose: the SIMD translation units include it too, and they
 // must not pull in inline ATen code compiled for a wider instruction set.
 //
-// Mask definition (SPEC section 3): element i (logical row-major index) uses word
+// Mask definition (docs/design.md, "The mask"): element i (logical row-major index) uses word
 // i % 4 of philox4x32_10(counter = (j lo, j hi, base lo, base hi), key = (key lo, key hi))
 // with j = i / 4, and is kept iff word >= floor(p * 2**32).
 #pragma once

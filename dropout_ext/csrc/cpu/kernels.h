@@ -14,8 +14,7 @@
 namespace dropout_ext {
 namespace cpu {
 
-// CudaEmu is not a CPU path: the CUDA kernels run by the host emulator, for tests.
-enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2, CudaEmu = 3 };
+enum class Isa : int { Scalar = 0, Avx2 = 1, Avx512 = 2 };
 
 // Row mode: a range of work items is the logical indices [64 * begin, 64 * end) (clipped
 // to numel), so that threads never share a 64-bit word of the bit mask. Tile mode: items

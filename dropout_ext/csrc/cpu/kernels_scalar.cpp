@@ -13,7 +13,8 @@ namespace scalar_isa {
 using F16 = c10::Half;
 using BF16 = c10::BFloat16;
 
-// Arithmetic type: float32 for the 16-bit types (SPEC section 2), else the type itself.
+// Arithmetic type: float32 for the 16-bit types, else the type itself (docs/design.md,
+// "The arithmetic").
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
 
@@ -70,7 +71,6 @@ const char* isa_name(Isa isa) {
     case Isa::Scalar: return "scalar";
     case Isa::Avx2: return "avx2";
     case Isa::Avx512: return "avx512";
-    case Isa::CudaEmu: return "cuda-emu";
   }
   return "?";
 }
@@ -78,8 +78,7 @@ const char* isa_name(Isa isa) {
 // Run-time detection (libgcc's cpuid + xgetbv checks, so OS support is included).
 bool isa_supported(Isa isa) {
   switch (isa) {
-    case Isa::Scalar:
-    case Isa::CudaEmu: return true;
+    case Isa::Scalar: return true;
 #if defined(__x86_64__) || defined(__i386__)
     case Isa::Avx2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&

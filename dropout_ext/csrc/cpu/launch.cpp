@@ -1,12 +1,10 @@
-// CPU launcher: ISA choice, threads, and (key, base) from the CPU generator.
-#include <ATen/CPUGeneratorImpl.h>
+// CPU launcher: ISA choice and threads. (key, base) from the CPU generator: draw_rng.cpp.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <atomic>
 #include <cstdlib>
 #include <cstring>
-#include <mutex>
 #include <string>
 #include <vector>
 
@@ -24,8 +22,7 @@ Isa isa_from_name(const std::string& s) {
   if (s == "scalar") return Isa::Scalar;
   if (s == "avx2") return Isa::Avx2;
   if (s == "avx512") return Isa::Avx512;
-  if (s == "cuda-emu") return Isa::CudaEmu;
-  TORCH_CHECK_VALUE(false, "dropout_ext: unknown CPU ISA '", s, "' (expected scalar, avx2, avx512 or cuda-emu)");
+  TORCH_CHECK_VALUE(false, "dropout_ext: unknown CPU ISA '", s, "' (expected scalar, avx2 or avx512)");
 }
 
 // The path in use: DROPOUT_EXT_CPU_ISA if set (and supported), else the best available.
@@ -63,26 +60,19 @@ std::vector<std::string> cpu_isas_supported() {
 }  // namespace
 }  // namespace cpu
 
-bool cpu_try_channel_pass(PassArgs& a) {
-  // The CPU engine draws the reduced mask in a pass of its own; the emulated CUDA kernels
-  // may fuse it.
-  using namespace cpu;
-  if (static_cast<Isa>(isa_slot().load()) == Isa::CudaEmu) return cuda_emulated_try_channel_pass(a);
-  return false;
-}
+// The CPU engine draws the reduced mask of a channel-wise op in a pass of its own.
+bool cpu_try_channel_pass(PassArgs&) { return false; }
 
 void cpu_run_pass(PassArgs& a) {
   using namespace cpu;
   if (a.g.numel == 0) return;
-  if (static_cast<Isa>(isa_slot().load()) == Isa::CudaEmu) return cuda_emulated_run_pass(a);
   plan_loops(a.g, kTileRows / 2);
   using Fn = void (*)(const PassArgs&, int64_t, int64_t);
   Fn fn = run_range_scalar;
   switch (static_cast<Isa>(isa_slot().load())) {
     case Isa::Avx512: fn = run_range_avx512; break;
     case Isa::Avx2: fn = run_range_avx2; break;
-    case Isa::Scalar:
-    case Isa::CudaEmu: break;
+    case Isa::Scalar: break;
   }
   int64_t items, per_item;
   if (a.g.tile) {
@@ -104,21 +94,11 @@ void cpu_run_pass(PassArgs& a) {
   at::parallel_for(0, items, grain, [&](int64_t b, int64_t e) { fn(a, b, e); });
 }
 
-void cpu_draw_rng(const std::optional<at::Generator>& gen, MaskParams& m) {
-  auto* g = at::get_generator_or_default<at::CPUGeneratorImpl>(gen, at::detail::getDefaultCPUGenerator());
-  // As torch.randint(-2**63, 2**63 - 1, (2,), generator=g) draws them (CPU random_from_to:
-  // random64() % range + low, one word after the other), which the Python backend and the
-  // torch.compile route call.
-  constexpr uint64_t kRange = ~uint64_t(0);  // (2**63 - 1) - (-2**63)
-  std::lock_guard<std::mutex> lock(g->mutex_);
-  m.key = g->random64() % kRange - (uint64_t(1) << 63);
-  m.base = g->random64() % kRange - (uint64_t(1) << 63);
-}
-
 }  // namespace dropout_ext
 
 TORCH_LIBRARY_FRAGMENT(dropout_ext, m) {
-  // Process-wide switches for tests and the bench; not part of the public API.
+  // The process-wide choice of the CPU path (DROPOUT_EXT_CPU_ISA gives the first one), as
+  // torch's ATEN_CPU_CAPABILITY does for its own kernels; not part of the public API.
   m.def("_cpu_isa(str request) -> str", &dropout_ext::cpu::cpu_isa);
   m.def("_cpu_isas_supported() -> str[]", &dropout_ext::cpu::cpu_isas_supported);
 }

@@ -1,21 +1,38 @@
-// CUDA launches of a pass (kernels.cuh) and (key, base) from the CUDA generator.
+// CUDA launches of a pass on the current stream, and (key, base) from the CUDA generator.
+// The kernels are in flat_kernel.cuh and tile_kernel.cuh; which one runs a pass, with which
+// template arguments, is decided in dispatch.h.
+//
+// The product compiles this file with the flat kernel's configuration fixed at compile time
+// (dispatch.h, FixedTuning). The testing module compiles it a second time
+// (../testing/launch_tunable.cu), under its own namespace (../ns.h) and with
+// DX_CUDA_TUNING naming the knobs that its `set_cuda_tuning` op switches.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <ATen/cuda/CUDAGeneratorImpl.h>
 #include <c10/cuda/CUDAException.h>
-#include <torch/library.h>
 
 #include <mutex>
 
 #include "../launch.h"
-#include "kernels.cuh"
+#include "dispatch.h"
+#include "flat_kernel.cuh"
+#include "tile_kernel.cuh"
 
-namespace dropout_ext {
+// The flat kernel's configuration (dispatch.h): an expression of a Tuning type.
+#ifndef DX_CUDA_TUNING
+#define DX_CUDA_TUNING ::dropout_ext::cuda::FixedTuning()
+#endif
+
+// The __global__ wrappers and the launcher live in the module's namespace (../ns.h), so that
+// the testing module's copies are told apart from the product's in ptxas and profiler
+// output (dropout_ext_testing::cuda::...); the kernel bodies and the dispatch are the ones
+// of dropout_ext::cuda.
+namespace DX_NS {
 namespace cuda {
+using namespace ::dropout_ext::cuda;
 namespace {
 
-
-// What a kernel body takes from the hardware (kernels.cuh).
+// What a kernel body takes from the hardware (kernel_common.cuh).
 struct DeviceCtx {
   __device__ __forceinline__ int tid() const { return threadIdx.x; }
   __device__ __forceinline__ int64_t bid() const { return blockIdx.x; }
@@ -81,22 +98,23 @@ struct CudaLauncher {
 }  // namespace
 }  // namespace cuda
 
+
 void cuda_run_pass(PassArgs& a) {
   if (a.g.numel == 0) {
     // nothing to compute, but the (key, base) this call drew is still owed to rng_out
     if (a.rng_out) {
-      cuda::rng_kernel<<<1, 1, 0, at::cuda::getCurrentCUDAStream()>>>(a);
+      ::DX_NS::cuda::rng_kernel<<<1, 1, 0, at::cuda::getCurrentCUDAStream()>>>(a);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     return;
   }
-  cuda::CudaLauncher l;
-  cuda::run_pass(l, a, cuda::flat_tuning());
+  ::DX_NS::cuda::CudaLauncher l;
+  ::dropout_ext::cuda::run_pass(l, a, DX_CUDA_TUNING);
 }
 
 bool cuda_try_channel_pass(PassArgs& a) {
-  cuda::CudaLauncher l;
-  return cuda::try_channel_pass(l, a, cuda::flat_tuning());
+  ::DX_NS::cuda::CudaLauncher l;
+  return ::dropout_ext::cuda::try_channel_pass(l, a, DX_CUDA_TUNING);
 }
 
 void cuda_draw_rng(const std::optional<at::Generator>& gen, const at::Device& device, PassArgs& a) {
@@ -118,4 +136,4 @@ void cuda_draw_rng(const std::optional<at::Generator>& gen, const at::Device& de
   }
 }
 
-}  // namespace dropout_ext
+}  // namespace DX_NS

@@ -1,17 +1,25 @@
-// The CUDA kernels (../cuda/kernels.cuh) run on the host, for the tests.
+// The CUDA kernels (../cuda/flat_kernel.cuh, ../cuda/tile_kernel.cuh) run on the host, for
+// the tests: the CPU launcher of the testing module (launch.h, namespace
+// dropout_ext_testing), so that the CPU kernels of torch.ops.dropout_ext_testing are the
+// CUDA kernels. The Python API runs on them under dropout_ext._backend.use("emulator") (the
+// tests' CPU path "cuda-emu", tests/testing.py).
 //
-// Selected like a CPU path: `_cpu_isa("cuda-emu")` (tests/testing.py: CPU_ISAS_AND_EMU).
-// A launch runs the kernels' own code for every block and thread of its grid: the tile
-// kernel's grid is the one the CUDA launcher uses; the flat kernel's is capped at three
-// blocks (max_blocks), so that larger tensors go through its grid-stride loop, as the
-// persistent grid does on the GPU. The flat kernel needs no barrier and runs its threads
-// one after the other. The tile kernel runs a block's kThreads threads as fibers (ucontext) that a
-// scheduler resumes in turn up to each __syncthreads, so a barrier is complete when every
-// thread has reached it (OS threads at a real barrier under AddressSanitizer, which does
-// not follow fiber stacks), with the block's shared memory poisoned before each block. 16-byte vector accesses are checked for the alignment the GPU requires. So the
-// CPU test suite checks the CUDA kernels' index arithmetic, bit packing, shared-memory
-// use and alignment, bit for bit, on machines without a GPU. What it cannot check: timing,
-// the memory model beyond barriers and atomics, and nvcc's code generation.
+// A launch runs the kernels' own code for every block and thread of its grid, through the
+// dispatch of ../cuda/dispatch.h with the testing module's flat-kernel configuration
+// (tuning.h; set_cuda_tuning switches it): the tile kernel's grid is the one the CUDA
+// launcher uses; the flat kernel's is capped at three blocks (max_blocks), so that larger
+// tensors go through its grid-stride loop, as the persistent grid does on the GPU. The flat
+// kernel needs no barrier and runs its threads one after the other. The tile kernel runs a
+// block's kThreads threads as fibers (ucontext) that a scheduler resumes in turn up to each
+// __syncthreads, so a barrier is complete when every thread has reached it (OS threads at a
+// real barrier under AddressSanitizer, which does not follow fiber stacks), with the
+// block's shared memory poisoned before each block. 16-byte vector accesses are checked for
+// the alignment the GPU requires. So the CPU test suite checks the CUDA kernels' index
+// arithmetic, bit packing, shared-memory use and alignment, bit for bit, on machines
+// without a GPU. What it cannot check: timing, the memory model beyond barriers and
+// atomics, and nvcc's code generation.
+#include "testing.h"
+
 #include <ATen/ATen.h>
 
 #include <atomic>
@@ -29,12 +37,12 @@
 #include <ucontext.h>
 #endif
 
-#include <torch/library.h>
-
 // The flat kernel copies a thread's next units (PIPE) whether or not they were loaded; the
 // ones not loaded (past the last whole unit) are never read, which g++ cannot prove.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#include "../cuda/kernels.cuh"
+#include "../cuda/dispatch.h"
+#include "../cuda/flat_kernel.cuh"
+#include "../cuda/tile_kernel.cuh"
 #include "../launch.h"
 
 namespace dropout_ext {
@@ -214,50 +222,24 @@ struct HostLauncher {
 thread_local Fibers* HostLauncher::current = nullptr;
 #endif
 
-int64_t set_unroll(int64_t request) {
-  TORCH_CHECK(request == 0 || request == 1 || request == 2 || request == 4,
-              "dropout_ext: unroll must be 1, 2 or 4 (0 to query)");
-  if (request) flat_tuning().unroll = static_cast<int>(request);
-  return flat_tuning().unroll;
-}
-
-int64_t set_persistent(int64_t request) {
-  TORCH_CHECK(request >= -1 && request <= 1, "dropout_ext: persistent must be 0 or 1 (-1 to query)");
-  if (request >= 0) flat_tuning().persistent = request == 1;
-  return flat_tuning().persistent ? 1 : 0;
-}
-
 }  // namespace
-
-FlatTuning& flat_tuning() {
-  static FlatTuning t;
-  return t;
-}
-
 }  // namespace cuda
+}  // namespace dropout_ext
 
-bool cuda_emulated_try_channel_pass(PassArgs& a) {
-  cuda::HostLauncher l;
-  const bool ran = cuda::try_channel_pass(l, a, cuda::flat_tuning());
+namespace DX_NS {
+
+bool cpu_try_channel_pass(PassArgs& a) {
+  ::dropout_ext::cuda::HostLauncher l;
+  const bool ran = ::dropout_ext::cuda::try_channel_pass(l, a, flat_tuning());
   TORCH_CHECK(!l.err.bad.load(), "dropout_ext: CUDA kernel emulation: ", l.err.msg);
   return ran;
 }
 
-void cuda_emulated_run_pass(PassArgs& a) {
+void cpu_run_pass(PassArgs& a) {
   if (a.g.numel == 0) return;
-  cuda::HostLauncher l;
-  cuda::run_pass(l, a, cuda::flat_tuning());
+  ::dropout_ext::cuda::HostLauncher l;
+  ::dropout_ext::cuda::run_pass(l, a, flat_tuning());
   TORCH_CHECK(!l.err.bad.load(), "dropout_ext: CUDA kernel emulation: ", l.err.msg);
 }
 
-}  // namespace dropout_ext
-
-// The flat CUDA kernel's knobs (kernels.cuh, FlatTuning), for the GPU bench's sweep and the
-// tests; they apply to the GPU and to the emulator alike.
-TORCH_LIBRARY_FRAGMENT(dropout_ext, m) {
-  // Units of 8 elements per thread per iteration of the forward dropout: 1, 2 or 4; 0 queries.
-  m.def("_cuda_unroll(int request) -> int", &dropout_ext::cuda::set_unroll);
-  // Whether the 16-bit flat kernels that draw Philox run a grid of only the resident
-  // blocks (1) or one that covers the tensor (0); -1 queries.
-  m.def("_cuda_persistent(int request) -> int", &dropout_ext::cuda::set_persistent);
-}
+}  // namespace DX_NS

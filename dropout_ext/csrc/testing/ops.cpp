@@ -1,0 +1,4 @@
+// ../ops.cpp for the testing module's namespace (testing.h).
+#include "testing.h"
+
+#include "../ops.cpp"
