@@ -65,6 +65,7 @@ FAST = _compiled_module
 SAVE = BACKWARD_STORAGE[_backward_storage]
 _python_kernels = None
 _testing_ops = None
+testing_load_error = "the compiled extension is not loaded"  # why testing_ops() is None
 
 
 def _warn_fallback():
@@ -148,14 +149,16 @@ def testing_ops():
     """torch.ops.dropout_ext_testing: the development extension's ops (the CUDA kernels
     run on the host by an emulator, test-only ops), or None when it was not built
     (DROPOUT_EXT_TESTING=1 at build time builds it)."""
-    global _testing_ops
+    global _testing_ops, testing_load_error
     if _testing_ops is None and _compiled_module is not None:
         namespace = _ops.define_library("dropout_ext_testing")
         try:
             from . import _testing  # noqa: F401  registers the testing namespace's kernels
-        except (ImportError, OSError):
+        except (ImportError, OSError) as e:
+            testing_load_error = e
             return None
         _testing_ops = namespace
+        testing_load_error = None
     return _testing_ops
 
 
