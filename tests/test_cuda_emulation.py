@@ -82,11 +82,11 @@ def test_the_emulator_is_the_testing_namespace_not_a_cpu_isa():
         assert testing.tags == product.tags
     before = _backend.cpu_isa()
     with backend_ctx("compiled"), cpu_isa_ctx("cuda-emu"):
-        assert _backend.ops() is torch.ops.dropout_ext_testing and _backend.FAST is None
+        assert _backend.ops().namespace is torch.ops.dropout_ext_testing and _backend.FAST is None
         assert _backend.cpu_isa() == before
         with backend_ctx("compiled"):  # the tests' compiled backend stays on the emulator
-            assert _backend.ops() is torch.ops.dropout_ext_testing
-    assert _backend.ops() is _backend.compiled_ops()
+            assert _backend.ops().namespace is torch.ops.dropout_ext_testing
+    assert _backend.ops().namespace is _backend.compiled_ops()
 
 
 def _layouts(dtype):
