@@ -1,11 +1,11 @@
-"""An independent oracle for the keep mask of SPEC section 3, written from the SPEC and
-from Salmon et al., "Parallel random numbers: as easy as 1, 2, 3" (SC'11), not from the
+"""An independent oracle for the keep mask of docs/design.md (section 1), written from that
+contract and from Salmon et al., "Parallel random numbers: as easy as 1, 2, 3" (SC'11), not from the
 package: it imports nothing from dropout_ext, and it uses numpy uint64 arithmetic (a
 product of two 32-bit words is below 2**64, so it is exact) instead of the package's
 int64 tensors with split multipliers.
 
     philox4x32_10(counter, key)   counter = 4 words, key = 2 words -> 4 words
-    words(key, base, n)           the SPEC words u of logical elements 0 .. n-1
+    words(key, base, n)           the words u of logical elements 0 .. n-1
     words_at(key, base, idx)      the same at chosen logical indices (any 64-bit index)
     threshold(p)                  t = floor(p * 2**32) in float64
     keep_mask(shape, p, key, base=0)   bool ndarray: u >= t (p == 1 keeps nothing)
@@ -13,20 +13,20 @@ int64 tensors with split multipliers.
     pack_bits(mask)               bit i % 8 of byte i // 8 is mask[i]
 
 The plain-integer `philox4x32_10_int` is a second, loop-free-of-numpy rendering of the
-same rounds; both are checked against the SPEC's known-answer vectors in test_philox.py.
+same rounds; both are checked against the known-answer vectors in test_philox.py.
 """
 import math
 
 import numpy as np
 
-# Philox4x32 constants (SPEC section 3, Random123's PHILOX_M4x32_0/1 and PHILOX_W32_0/1).
+# Philox4x32 constants (Random123's PHILOX_M4x32_0/1 and PHILOX_W32_0/1).
 M0, M1 = 0xD2511F53, 0xCD9E8D57
 W0, W1 = 0x9E3779B9, 0xBB67AE85
 ROUNDS = 10
 U32 = 0xFFFFFFFF
 U64 = 2**64
 
-KAT = [  # (counter c0..c3, key k0 k1) -> output words, from SPEC section 3
+KAT = [  # (counter c0..c3, key k0 k1) -> output words: Random123's known-answer vectors
     ((0x00000000, 0x00000000, 0x00000000, 0x00000000), (0x00000000, 0x00000000),
      (0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8)),
     ((0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF), (0xFFFFFFFF, 0xFFFFFFFF),
@@ -72,7 +72,7 @@ def _split64(v):
 
 
 def words_at(key, base, idx):
-    """SPEC words u of the logical indices `idx` (uint64-able array): word idx % 4 of
+    """The words u of the logical indices `idx` (uint64-able array): word idx % 4 of
     philox(counter = (j lo, j hi, base lo, base hi), key = (key lo, key hi)), j = idx // 4."""
     idx = np.asarray(idx, dtype=np.uint64)
     j = idx >> np.uint64(2)
@@ -84,7 +84,7 @@ def words_at(key, base, idx):
 
 
 def words(key, base, n):
-    """SPEC words u of logical elements 0 .. n-1 (uint64 array of 32-bit values)."""
+    """The words u of logical elements 0 .. n-1 (uint64 array of 32-bit values)."""
     n = int(n)
     blocks = (n + 3) // 4
     j = np.arange(blocks, dtype=np.uint64)

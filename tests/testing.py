@@ -1,6 +1,7 @@
 """Shared parameters and helpers: every test module draws its backend, device, dtype and
 layout products from here."""
 import contextlib
+import math
 
 import oracle
 import pytest
@@ -104,7 +105,7 @@ def assert_same_bits(a, b):
 
 
 def acc_dtype(dtype):
-    """The arithmetic dtype of SPEC section 2: float32 for the 16-bit types."""
+    """The arithmetic dtype (docs/design.md, section 1): float32 for the 16-bit types."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
@@ -115,17 +116,17 @@ def signed64(v):
 
 
 # ------------------------------------------------------------------ expected masks
-# Expected masks come from tests/oracle.py (an independent Philox4x32-10 and SPEC mask),
+# Expected masks come from tests/oracle.py (an independent Philox4x32-10 and mask),
 # never from dropout_ext._reference.
 
 
 def oracle_mask(shape, p, key, base=0, device="cpu"):
-    """The SPEC mask of `shape` for (key, base) (bool tensor)."""
+    """The contract's mask of `shape` for (key, base) (bool tensor)."""
     return torch.from_numpy(oracle.keep_mask(tuple(shape), p, key, base)).to(device)
 
 
 def keep_mask(shape, p, seed, device="cpu"):
-    """The SPEC mask of `shape` at `seed=` (key = seed, base = 0), from the oracle."""
+    """The mask of `shape` at `seed=` (key = seed, base = 0), from the oracle."""
     return oracle_mask(shape, p, seed, 0, device)
 
 
@@ -137,7 +138,7 @@ def expected_factor(keep, p, dtype, scale_train=True):
 
 
 def expected_dropout(x, keep, p, scale_train=True):
-    """SPEC section 2: x * m * scale in the accumulation dtype, rounded once; `keep` is
+    """x * m * scale in the accumulation dtype, rounded once (docs/design.md, section 1); `keep` is
     the mask of x's logical shape, or of a prefix of it (channel-wise, per-sample)."""
     factor = expected_factor(keep, p, x.dtype, scale_train)
     factor = factor.reshape(tuple(keep.shape) + (1,) * (x.dim() - keep.dim()))
@@ -147,19 +148,33 @@ def expected_dropout(x, keep, p, scale_train=True):
 # ------------------------------------------------------- the generator's (key, base)
 
 
-def expected_rng_pair(generator=None):
-    """(key, base) as unsigned ints that a `seed=None` / `generator=` call on a CPU input
-    draws from `generator` (None: torch's default CPU generator), advancing it as that
-    call does. The one place that states the draw rule: change it here when it changes."""
-    g = torch.default_generator if generator is None else generator
+def _default_generator(generator, device):
+    if generator is not None:
+        return generator
+    if torch.device(device).type == "cuda":
+        return torch.cuda.default_generators[torch.device(device).index or torch.cuda.current_device()]
+    return torch.default_generator
+
+
+def expected_rng_pair(generator=None, device="cpu"):
+    """(key, base) as unsigned ints that a `seed=None` / `generator=` call on an input on
+    `device` draws from `generator` (None: that device's default generator), advancing it
+    as that call does. The one place that states the draw rule (docs/design.md, section 1):
+    on the CPU two words as torch.randint(-2**63, 2**63 - 1) draws them; on CUDA the Philox
+    state's (seed, offset with the top bit set), the offset advanced by 4."""
+    g = _default_generator(generator, device)
+    if g.device.type == "cuda":
+        offset = g.get_offset()
+        g.set_offset(offset + 4)
+        return g.initial_seed() % 2**64, (offset ^ (1 << 63)) % 2**64
     words = torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, generator=g)
     key, base = (int(w) % 2**64 for w in words)
     return key, base
 
 
-def peek_rng_pair(generator=None):
+def peek_rng_pair(generator=None, device="cpu"):
     """expected_rng_pair without advancing the generator."""
-    g = torch.default_generator if generator is None else generator
+    g = _default_generator(generator, device)
     state = g.get_state()
     try:
         return expected_rng_pair(g)
@@ -287,6 +302,257 @@ def backend_ctx(name):
     """The API on backend `name` ("compiled", "python" or "emulator") inside the block;
     "compiled" inside cpu_isa_ctx("cuda-emu") is the emulator."""
     return _backend.use("emulator" if name == "compiled" and _emulating else name)
+
+
+# ------------------------------------------------------- the kernels a test runs on
+# Every set of kernels the API can run on, by name: "python" (the Python kernels called
+# directly), each compiled CPU path of CPU_PATHS (a SIMD ISA, or "cuda-emu": the CUDA
+# kernels emulated on the host), and with a GPU "cuda" (the CUDA kernels) and
+# "python-cuda" (the Python kernels on CUDA tensors). The `kernels` fixture (conftest.py)
+# runs a test on each; BACKEND_KERNELS is one per backend and device (the compiled CPU
+# kernels on the default ISA), what --quick runs.
+
+EMULATOR = "cuda-emu"
+DEFAULT_ISA = _backend.cpu_isa() if HAS_COMPILED else None
+_GPU_KERNELS = ["cuda", "python-cuda"] if HAS_GPU and HAS_CUDA_KERNELS else []
+# "cuda-emu" is listed wherever the compiled kernels are: its tests skip, with the reason,
+# when the testing module is not built
+KERNELS = ["python"] + (list(CPU_ISAS) + [EMULATOR] if HAS_COMPILED else []) + _GPU_KERNELS
+BACKEND_KERNELS = ["python"] + ([DEFAULT_ISA, EMULATOR] if HAS_COMPILED else []) + _GPU_KERNELS[:1]
+
+
+class Kernels:
+    """The kernels a test runs on: `name` (an entry of KERNELS) and the device of its
+    tensors."""
+
+    def __init__(self, name):
+        self.name = name
+        self.device = "cuda" if name.endswith("cuda") else "cpu"
+        self.compiled = name not in ("python", "python-cuda")
+
+    def __repr__(self):
+        return "Kernels(%s)" % self.name
+
+
+@contextlib.contextmanager
+def kernels_ctx(name):
+    """The public API runs on the kernels `name` inside the block (a test that needs the
+    emulator is skipped, with the reason, where it is not built)."""
+    k = Kernels(name)
+    if name in ("python", "python-cuda"):
+        with _backend.use("python"):
+            yield k
+    elif name == "cuda":
+        with _backend.use("compiled"):
+            yield k
+    else:  # a CPU ISA, or the emulator (cpu_isa_ctx skips the test where it is not built)
+        with _backend.use("compiled"), cpu_isa_ctx(name):
+            yield k
+
+
+def kernels_available(name):
+    """Whether kernels_ctx(name) runs (the emulator only where it is built)."""
+    return name != EMULATOR or HAS_EMULATOR
+
+
+def kernel_params(names=None):
+    """pytest params for the `kernels` fixture (indirect parametrisation picks a subset)."""
+    return list(KERNELS if names is None else names)
+
+
+@contextlib.contextmanager
+def threads_ctx(n):
+    """torch's intra-op thread count is `n` inside the block."""
+    with _switched(torch.get_num_threads, torch.set_num_threads, n):
+        yield
+
+
+def manual_seed(seed):
+    """torch.manual_seed for every device (the CPU and, when present, every GPU)."""
+    torch.manual_seed(seed)
+
+
+# ------------------------------------------------------------------ the family of ops
+# Every public op once, as the tests call it: op(x, residual, bias, **kw), with its p, the
+# kind of its arithmetic ("inverted", "vanilla", "alpha"), the leading dims of x that
+# index its mask (`lead(x.dim())`) and the input ranks it takes without a warning.
+# expected_output / expected_grads give the result the contract (docs/design.md,
+# section 1) prescribes for a mask from the oracle: an independent expectation for any
+# backend, device and layout of any operand.
+
+SELU_ALPHA = 1.7580993408473766  # SELU's scale * alpha: alpha dropout's negative saturation
+
+
+class FamilyOp:
+    def __init__(self, name, p, kind, lead, dims, residual=False, bias=False, inplace=True):
+        self.name, self.p, self.kind, self._lead, self.dims = name, p, kind, lead, dims
+        self.residual, self.bias, self.inplace = residual, bias, inplace
+
+    def __repr__(self):
+        return self.name
+
+    def lead(self, dim):
+        return self._lead(dim)
+
+    def takes(self, dim):
+        return self.dims(dim)
+
+    def with_p(self, p):
+        op = FamilyOp(self.name, p, self.kind, self._lead, self.dims, self.residual, self.bias, self.inplace)
+        return op
+
+    def __call__(self, x, r=None, b=None, **kw):
+        from dropout_ext import functional as F
+
+        p, name = self.p, self.name
+        kw.setdefault("training", True)
+        if name == "dropout":
+            return F.dropout(x, p, **kw)
+        if name == "vanilla":
+            return F.dropout(x, p, scale_train=False, **kw)
+        if name in ("alpha_dropout", "feature_alpha_dropout", "dropout1d", "dropout2d", "dropout3d", "drop_path"):
+            return getattr(F, name)(x, p, **kw)
+        if name == "dropout_add":
+            return F.dropout_add(x, r, p, **kw)
+        return F.bias_dropout_add(x, b, r, p, **kw)
+
+    def operands(self, x, seed=99):
+        """A residual (x's shape) and a bias (x's last dim) for x, from a fixed seed (None
+        where the op takes none)."""
+        g = torch.Generator().manual_seed(seed)
+        r = torch.randn(tuple(x.shape), generator=g).to(x.dtype).to(x.device) if self.residual else None
+        b = torch.randn(x.shape[-1], generator=g).to(x.dtype).to(x.device) if self.bias else None
+        return r, b
+
+
+def _every(d):
+    return True
+
+
+FAMILY = [
+    FamilyOp("dropout", 0.4, "inverted", lambda d: d, _every),
+    FamilyOp("vanilla", 0.4, "vanilla", lambda d: d, _every),
+    FamilyOp("alpha_dropout", 0.3, "alpha", lambda d: d, _every),
+    FamilyOp("feature_alpha_dropout", 0.3, "alpha", lambda d: 2, lambda d: d >= 2),
+    FamilyOp("dropout1d", 0.5, "inverted", lambda d: 2 if d == 3 else 1, lambda d: d in (2, 3)),
+    FamilyOp("dropout2d", 0.5, "inverted", lambda d: 2, lambda d: d == 4),
+    FamilyOp("dropout3d", 0.5, "inverted", lambda d: 2 if d == 5 else 1, lambda d: d in (4, 5)),
+    FamilyOp("drop_path", 0.5, "inverted", lambda d: 1, lambda d: d >= 1, inplace=False),
+    FamilyOp("dropout_add", 0.4, "inverted", lambda d: d, _every, residual=True, inplace=False),
+    FamilyOp("bias_dropout_add", 0.4, "inverted", lambda d: d, lambda d: d >= 1, residual=True, bias=True,
+             inplace=False),
+]
+FAMILY_BY_NAME = {op.name: op for op in FAMILY}
+
+
+def family(dim, names=None):
+    """The ops of FAMILY that take an input of `dim` dims (those of `names` only, if given)."""
+    return [op for op in FAMILY if op.takes(dim) and (names is None or op.name in names)]
+
+
+def _scale(op, p):
+    if p >= 1.0:
+        return 0.0
+    if op.kind == "inverted":
+        return 1.0 / (1.0 - p)
+    if op.kind == "vanilla":
+        return 1.0
+    return 1.0 / math.sqrt((SELU_ALPHA * SELU_ALPHA * p + 1) * (1 - p))
+
+
+def _factor(op, x, keep):
+    """keep * scale in x's accumulation dtype, shaped to broadcast over x."""
+    acc = acc_dtype(x.dtype)
+    keep = keep.to(x.device).reshape(tuple(keep.shape) + (1,) * (x.dim() - keep.dim()))
+    scale = torch.tensor(_scale(op, op.p), dtype=acc, device=x.device)
+    return keep, torch.where(keep, scale, torch.zeros((), dtype=acc, device=x.device))
+
+
+def op_mask(op, shape, key, base=0):
+    """The oracle's keep mask of `op` for an input of `shape`: the mask of shape[:lead]."""
+    return oracle_mask(tuple(shape)[:op.lead(len(shape))], op.p, key, base)
+
+
+def expected_output(op, x, r, b, keep):
+    """The output the contract gives for the keep mask `keep` (of x.shape[:lead]): x * f
+    (+ the alpha shift), r + x * f, r + (x + b) * f, each step in the accumulation dtype
+    (float32 for the 16-bit types) and one rounding at the end. Any layout of x, r and b:
+    only their logical values are read."""
+    acc = acc_dtype(x.dtype)
+    if op.kind == "alpha" and op.p >= 1.0:
+        return x * 0.0
+    k, f = _factor(op, x, keep)
+    v = x.to(acc)
+    if b is not None:
+        v = v + b.to(acc)
+    v = v * f
+    if r is not None:
+        v = r.to(acc) + v
+    if op.kind == "alpha":
+        a = _scale(op, op.p)
+        alpha_a = torch.tensor(SELU_ALPHA * a, dtype=acc, device=x.device)
+        alpha_a_p = torch.tensor(SELU_ALPHA * a * op.p, dtype=acc, device=x.device)
+        v = v + torch.where(k, alpha_a_p, -alpha_a + alpha_a_p)  # ATen's (m - 1) * alpha * a + alpha * a * p
+    return v.to(x.dtype)
+
+
+def expected_input_grad(op, x, g, keep):
+    """The input's gradient for the output gradient g: g * keep * scale, rounded once."""
+    _, f = _factor(op, x, keep)
+    return (g.to(f.dtype) * f).to(g.dtype)
+
+
+# ------------------------------------------------------------ builds kept between runs
+
+
+def build_cache_dir(name, *inputs):
+    """A folder for a build the tests make (the JIT build, the AddressSanitizer build) that
+    serves every run with the same inputs: its name holds a hash of `inputs` (sources,
+    flags, torch, interpreter), so a change of any of them gets a fresh folder. Under
+    DROPOUT_EXT_TEST_CACHE if set, else the temp dir; the tests lock it while they use it."""
+    import hashlib
+    import os
+    import sys
+    import tempfile
+
+    h = hashlib.sha1()
+    for item in (sys.executable, sys.version, torch.__version__) + inputs:
+        h.update(repr(item).encode() + b"\0")
+    root = os.environ.get("DROPOUT_EXT_TEST_CACHE") or os.path.join(tempfile.gettempdir(), "dropout_ext_test_cache")
+    path = os.path.join(root, "%s-%s" % (name, h.hexdigest()[:16]))
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def source_digest(*paths):
+    """The contents of the files under `paths` (files or folders), as one hash."""
+    import hashlib
+    import os
+
+    h = hashlib.sha1()
+    for top in paths:
+        files = [top] if os.path.isfile(top) else sorted(
+            os.path.join(d, f) for d, _, fs in os.walk(top) for f in fs if "__pycache__" not in d
+            and not f.endswith((".so", ".pyd", ".pyc")))
+        for f in files:
+            h.update(os.path.relpath(f, top).encode() + b"\0")
+            with open(f, "rb") as fh:
+                h.update(fh.read())
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def locked(path):
+    """An exclusive lock on the folder `path` (another run of the suite waits)."""
+    import fcntl
+    import os
+
+    with open(os.path.join(path, ".lock"), "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 __all__ = [n for n in dir() if not n.startswith("_")] + ["dropout_ext"]
