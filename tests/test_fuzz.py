@@ -1,8 +1,8 @@
 """Property-based fuzzing: for random shapes, strides, dtypes, p, (key, base) and every op,
-each compiled CPU path equals the Python fallback bit for bit, forward and backward, and
-the plain dropout ops equal the oracle's mask. (key, base) comes from `seed=` (base 0),
-from a `generator=` (both words drawn: the default path) or is given explicitly with a
-non-zero base. Sizes reach 2**16 elements, with many near multiples of the SIMD widths
+every set of kernels (each compiled CPU path, the emulator, CUDA) equals the Python kernels
+bit for bit, forward and backward, and the plain dropout ops equal the oracle's mask.
+(key, base) comes from `seed=` (base 0), from a `generator=` (both words drawn: the
+default path) or is given explicitly with a non-zero base. Sizes reach 2**16 elements, with many near multiples of the SIMD widths
 (8, 16, 64 elements) and of the Philox block (4). The profile is derandomized with no
 example database, so CI runs the same examples every time in bounded time
 (HYPOTHESIS_PROFILE=long for a deeper run)."""
@@ -15,8 +15,8 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from testing import (CPU_PATHS, assert_same_bits, backend_ctx, cpu_isa_ctx, expected_dropout,
-                     oracle_mask, peek_rng_pair, raw_dropout, requires_compiled, storage_ctx)
+from testing import (KERNELS, assert_same_bits, backend_ctx, expected_dropout, kernels_available, kernels_ctx,
+                     oracle_mask, peek_rng_pair, raw_dropout, storage_ctx)
 
 from dropout_ext import functional as F
 
@@ -113,12 +113,12 @@ def effective_rng(op, rng):
     return ("generator", rng[1] % 2**63) if rng[0] == "raw" and op not in RAW_OPS else rng
 
 
-def rng_kwargs(rng):
+def rng_kwargs(rng, device="cpu"):
     """Keyword arguments of a public call for `rng` (a fresh generator each time, so
     every backend starts from the same state)."""
     if rng[0] == "seed":
         return {"seed": rng[1]}
-    return {"generator": torch.Generator().manual_seed(rng[1])}
+    return {"generator": torch.Generator(device=device).manual_seed(rng[1])}
 
 
 def expected_key_base(rng):
@@ -133,7 +133,7 @@ def run(op, x, p, rng, aux):
     """Output and input gradient of `op` on x (clones, so backends see the same input)."""
     x = x.detach().clone() if op == "dropout_inplace" else x.detach()
     xg = x.detach().requires_grad_()  # keeps x's strides (expanded, transposed, ...)
-    kw = rng_kwargs(rng)
+    kw = rng_kwargs(rng, x.device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if rng[0] == "raw":
@@ -177,7 +177,16 @@ def run(op, x, p, rng, aux):
     return out.detach(), grad
 
 
-@requires_compiled
+# every set of kernels but the reference, the Python kernels on the CPU (CUDA inputs are
+# copies of the CPU ones, and CUDA's generator= draws another (key, base): seed= and
+# explicit (key, base) only there)
+OTHERS = [k for k in KERNELS if k != "python"]
+
+
+def _on(name, t):
+    return t.to("cuda") if name.endswith("cuda") else t
+
+
 @given(x=tensors(), p=st.one_of(st.sampled_from(P_VALUES), st.floats(0, 1)), rng=rngs(),
        op=st.integers(0, 2**32 - 1).map(lambda v: OPS[v % len(OPS)]), storage=st.sampled_from(["seed", "bits"]))
 def test_compiled_paths_equal_python(x, p, rng, op, storage):
@@ -192,9 +201,11 @@ def test_compiled_paths_equal_python(x, p, rng, op, storage):
             key, base = expected_key_base(rng)
             keep = oracle_mask(x.shape, p, key, base)
             assert_same_bits(ref_out, expected_dropout(x, keep, p, scale_train=op != "vanilla"))
-        for isa in CPU_PATHS:
-            with backend_ctx("compiled"), cpu_isa_ctx(isa):
-                out, grad = run(op, x, p, rng, aux)
+        for name in OTHERS:
+            if not kernels_available(name) or (name.endswith("cuda") and rng[0] == "generator"):
+                continue
+            with kernels_ctx(name):
+                out, grad = run(op, _on(name, x), p, rng, _on(name, aux))
             assert_same_bits(out, ref_out)
             if ref_grad is not None:
                 assert_same_bits(grad, ref_grad)
@@ -208,29 +219,22 @@ SWEEP_SIZES = sorted({w * m + d for w in (8, 16, 64) for m in (1, 2, 5, 33, 257,
                       for d in (-3, -1, 0, 1, 3) if 0 < w * m + d <= MAX_NUMEL})
 
 
-@pytest.mark.parametrize("n", SWEEP_SIZES)
-def test_size_sweep_default_path_and_base(n):
-    g = torch.Generator().manual_seed(n)
-    x = torch.randn(n, generator=g)
-    dy = torch.randn(n, generator=g)
-    gen_seed = 1000 + n
-    key, base = peek_rng_pair(torch.Generator().manual_seed(gen_seed))
-    raw_key, raw_base = 0x9E3779B97F4A7C15 ^ n, 0xBB67AE8584CAA73B + n
-
-    def both():
-        xg = x.detach().requires_grad_()
-        a = F.dropout(xg, 0.3, generator=torch.Generator().manual_seed(gen_seed))
-        (ga,) = torch.autograd.grad(a, xg, dy)
-        b = raw_dropout(x, raw_key, raw_base, 0.7, scale_train=False)
-        return a.detach(), ga, b
-
-    with backend_ctx("python"):
-        ref = both()
-    assert_same_bits(ref[0], expected_dropout(x, oracle_mask((n,), 0.3, key, base), 0.3))
-    assert_same_bits(ref[1], expected_dropout(dy, oracle_mask((n,), 0.3, key, base), 0.3))
-    assert_same_bits(ref[2], expected_dropout(x, oracle_mask((n,), 0.7, raw_key, raw_base), 0.7, False))
-    for isa in CPU_PATHS:
-        with backend_ctx("compiled"), cpu_isa_ctx(isa):
-            got = both()
-        for a, b in zip(got, ref):
-            assert_same_bits(a, b)
+def test_size_sweep_default_path_and_base(kernels):
+    """Every size of the sweep on these kernels, against the oracle: the generator's
+    (key, base) (forward and backward) and an explicit (key, base) with a non-zero base."""
+    dev = kernels.device
+    for n in SWEEP_SIZES:
+        g = torch.Generator().manual_seed(n)
+        x = torch.randn(n, generator=g)
+        dy = torch.randn(n, generator=g)
+        gen = torch.Generator(device=dev).manual_seed(1000 + n)
+        key, base = peek_rng_pair(gen)
+        raw_key, raw_base = 0x9E3779B97F4A7C15 ^ n, 0xBB67AE8584CAA73B + n
+        xg = x.to(dev).requires_grad_()
+        a = F.dropout(xg, 0.3, generator=gen)
+        (ga,) = torch.autograd.grad(a, xg, dy.to(dev))
+        b = raw_dropout(x.to(dev), raw_key, raw_base, 0.7, scale_train=False)
+        keep = oracle_mask((n,), 0.3, key, base)
+        assert_same_bits(a, expected_dropout(x, keep, 0.3))
+        assert_same_bits(ga, expected_dropout(dy, keep, 0.3))
+        assert_same_bits(b, expected_dropout(x, oracle_mask((n,), 0.7, raw_key, raw_base), 0.7, False))

@@ -1,17 +1,19 @@
-"""Statistical quality of the masks: tests a broken RNG (lane artefacts, correlated
-neighbours, repeated, shifted or related masks, masks too regular) would fail. Fixed seeds
-keep them deterministic; each bound is about 5 standard errors (or a p-value of 3e-7, the
-one-sided tail of 5 sigma), with the sigma next to it. The statistics themselves are
-checked on bad masks made here on purpose (a test of the tests). The masks are the same
-on every backend (test_mask.py, test_fuzz.py), so the costlier statistics run on the
-active backend only."""
+"""Statistics: the masks' quality (tests a broken RNG would fail: lane artefacts,
+correlated neighbours, repeated, shifted or related masks, masks too regular) and the
+distributions the ops promise (drop rates, alpha dropout's mean and variance, whole
+samples dropped at rate p, vanilla and inverted dropout agreeing in expectation). Fixed
+seeds keep them deterministic; each bound is about 5 standard errors (or a p-value of
+3e-7, the one-sided tail of 5 sigma), with the sigma next to it. The statistics
+themselves are checked on bad masks made here on purpose (a test of the tests). The
+masks are the oracle's on every set of kernels (test_mask.py), so the statistics run on
+the kernels the API uses by default."""
 import math
 
 import numpy as np
 import pytest
 import torch
 from scipy import stats
-from testing import raw_dropout
+from testing import keep_mask, raw_dropout
 
 from dropout_ext import functional as F
 
@@ -25,7 +27,7 @@ def mask(seed=None, p=0.5, n=N, **kw):
 
 @pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
 @pytest.mark.parametrize("modulus", [4, 8, 16, 64])
-def test_keep_counts_uniform_over_positions(backend, p, modulus):
+def test_keep_counts_uniform_over_positions(p, modulus):
     """Chi-square over element positions mod 4 (Philox word), 8 (mask byte), 16 (SIMD
     lanes) and 64 (a SIMD chunk)."""
     m = mask(seed=1000 + modulus, p=p)
@@ -36,7 +38,7 @@ def test_keep_counts_uniform_over_positions(backend, p, modulus):
 
 
 @pytest.mark.parametrize("lag", [1, 2, 3, 4, 8, 16, 64])
-def test_no_correlation_between_neighbours(backend, lag):
+def test_no_correlation_between_neighbours(lag):
     m = mask(seed=77).astype(np.float64)
     r = np.corrcoef(m[:-lag], m[lag:])[0, 1]
     assert abs(r) < 5 / math.sqrt(N), r
@@ -51,7 +53,7 @@ def _agreement_ok(a, b, p=0.5):
     return abs((a == b).mean() - expected) < 5 * sd
 
 
-def test_consecutive_calls_with_seed_none_are_independent(backend):
+def test_consecutive_calls_with_seed_none_are_independent():
     torch.manual_seed(0)
     a, b = mask(), mask()
     assert _agreement_ok(a, b)
@@ -60,12 +62,12 @@ def test_consecutive_calls_with_seed_none_are_independent(backend):
 
 
 @pytest.mark.parametrize("s1,s2", [(0, 1), (1, 2**32 + 1), (2**32, 2**33), (5, 5 ^ (1 << 63)), (2**64 - 1, 2**64 - 2)])
-def test_different_seeds_give_independent_masks(backend, s1, s2):
+def test_different_seeds_give_independent_masks(s1, s2):
     a, b = mask(seed=s1), mask(seed=s2)
     assert _agreement_ok(a, b), (a == b).mean()
 
 
-def test_generator_state_checkpoint_and_resume(backend):
+def test_generator_state_checkpoint_and_resume():
     """torch.get_rng_state / set_rng_state (a checkpoint and resume) reproduces masks."""
     x = torch.ones(10000)
     torch.manual_seed(3)
@@ -84,7 +86,7 @@ def test_generator_state_checkpoint_and_resume(backend):
     assert torch.equal(a, F.dropout(x, 0.5, generator=g))
 
 
-def test_seed_none_masks_have_the_right_rate(backend):
+def test_seed_none_masks_have_the_right_rate():
     torch.manual_seed(1)
     for p in (0.2, 0.7):
         m = mask(p=p, n=1 << 20)
@@ -272,3 +274,116 @@ def test_no_autocorrelation_at_any_shift():
     """A mask against itself at every non-zero lag up to 2**19."""
     z, lag = max_autocorr_z(_mask(SEED ^ 0xABCDEF))
     assert z < XCORR_Z, (z, lag)
+
+
+# ------------------------------------------------------------- the ops' distributions
+
+
+@pytest.mark.parametrize("p", [0.05, 0.3, 0.5, 0.8, 0.99])
+def test_drop_rate_within_binomial_bound(p):
+    n = 1 << 20
+    out = F.dropout(torch.ones(n), p, seed=2024)
+    dropped = int((out == 0).sum())
+    q = (2**32 - math.floor(p * 2**32)) / 2**32  # exact keep probability of the threshold
+    sd = math.sqrt(n * q * (1 - q))
+    assert abs(dropped - n * (1 - q)) < 5 * sd
+
+
+ALPHA = 1.7580993408473766  # SELU's scale * alpha
+
+
+def alpha_a(p):
+    return 1.0 / math.sqrt((ALPHA * ALPHA * p + 1) * (1 - p))
+
+
+def alpha_sigmas(p, channels, per_channel):
+    """Standard errors of the mean and of the variance of alpha dropout's output over
+    `channels` independent groups of `per_channel` elements sharing one mask word, for
+    x ~ N(0, 1): out = a * (m * x + alpha * (m - q)), q = 1 - p, which has mean 0 and
+    variance 1. Per group, the mean has variance a^2 (q / L + alpha^2 p q); the mean of
+    out^2 is a^2 (mean(x^2) + 2 alpha p xbar + alpha^2 p^2) when kept (variance
+    a^4 (2 + 4 alpha^2 p^2) / L) and a^2 alpha^2 q^2 when dropped."""
+    a, q, L = alpha_a(p), 1 - p, per_channel
+    var_mean = a * a * (q / L + ALPHA**2 * p * q)
+    kept_sq, dropped_sq = a * a * (1 + ALPHA**2 * p * p), a * a * ALPHA**2 * q * q
+    var_sq = q * a**4 * (2 + 4 * ALPHA**2 * p * p) / L + p * q * (kept_sq - dropped_sq) ** 2
+    return math.sqrt(var_mean / channels), math.sqrt(var_sq / channels)
+
+
+@pytest.mark.parametrize("fn", ["alpha_dropout", "feature_alpha_dropout"])
+def test_alpha_dropout_keeps_mean_and_variance(fn):
+    torch.manual_seed(0)
+    x = torch.randn(64, 256, 64)
+    for p in (0.1, 0.5):
+        if fn == "alpha_dropout":
+            sd_mean, sd_var = alpha_sigmas(p, x.numel(), 1)  # 0.00098 and 0.0012-0.0013
+        else:
+            sd_mean, sd_var = alpha_sigmas(p, 64 * 256, 64)  # 0.0039-0.0061 and 0.0031-0.0033
+        out = getattr(F, fn)(x, p, training=True)
+        assert abs(out.mean().item()) < 5 * sd_mean
+        assert abs(out.var().item() - 1) < 5 * sd_var
+        ref = getattr(torch.nn.functional, fn)(x, p, training=True)
+        # two sample means, each with standard error sd_mean
+        assert abs(ref.mean().item() - out.mean().item()) < 5 * math.sqrt(2) * sd_mean
+
+
+def test_alpha_sigmas_match_a_simulation():
+    """The standard errors above, checked against the spread of 400 simulated runs of
+    the same model (numpy, fixed seed): within 20% (the relative error of a standard
+    deviation estimated from 400 samples is about 1 / sqrt(800) = 3.5%)."""
+    rng = np.random.default_rng(0)
+    p, C, L = 0.5, 256, 16
+    a, q = alpha_a(p), 1 - p
+    means, variances = [], []
+    for _ in range(400):
+        m = (rng.random((C, 1)) < q).astype(float)
+        out = a * (m * rng.standard_normal((C, L)) + ALPHA * (m - q))
+        means.append(out.mean())
+        variances.append(out.var())
+    sd_mean, sd_var = alpha_sigmas(p, C, L)
+    assert abs(np.std(means) / sd_mean - 1) < 0.2
+    assert abs(np.std(variances) / sd_var - 1) < 0.2
+
+
+def test_drop_path_drops_samples_at_rate_p():
+    """Whole samples, dropped with probability p: the dropped fraction of n samples has
+    sigma = sqrt(p (1 - p) / n) = 0.0032."""
+    torch.manual_seed(0)
+    n, p = 20000, 0.3
+    out = F.drop_path(torch.ones(n, 4), p)
+    rows = out[:, 0]
+    assert torch.all(out == rows[:, None])
+    assert abs((rows == 0).float().mean().item() - p) < 5 * math.sqrt(p * (1 - p) / n)
+
+
+def test_vanilla_and_inverted_formulations_match_numpy_and_each_other():
+    """One layer in numpy and in torch with the same masks (both formulas, value for
+    value); and the two formulations agree in expectation over many masks with the
+    test-time values, x * (1 - p) and x."""
+    rng = np.random.default_rng(0)
+    W, b, xin = rng.standard_normal((64, 32)), rng.standard_normal(64), rng.standard_normal(32)
+    h = np.maximum(W @ xin + b, 0)
+    q = 1 - 0.3
+    ht = torch.from_numpy(h)
+    trials = 4000
+    vanilla = np.zeros_like(h)
+    inverted = np.zeros_like(h)
+    for s in range(trials):
+        v = F.dropout(ht, 0.3, seed=s, scale_train=False).numpy()
+        i = F.dropout(ht, 0.3, seed=s).numpy()
+        if s < 5:  # value for value against the numpy rendering of both formulas
+            m = keep_mask(ht.shape, 0.3, s).numpy()
+            np.testing.assert_array_equal(v, h * m)
+            np.testing.assert_allclose(i, h * m / q, rtol=1e-15)
+        vanilla += v
+        inverted += i
+    vanilla /= trials
+    inverted /= trials
+    test_vanilla = F.dropout(ht, 0.3, training=False, scale_train=False).numpy()
+    test_inverted = F.dropout(ht, 0.3, training=False).numpy()
+    np.testing.assert_allclose(test_vanilla, h * q)
+    np.testing.assert_array_equal(test_inverted, h)
+    # mean over masks -> test-time value; standard error of the mean is h*sqrt(q(1-q)/trials)
+    tol = 5 * np.sqrt(q * (1 - q) / trials) * h + 1e-12
+    assert np.all(np.abs(vanilla - test_vanilla) <= tol)
+    assert np.all(np.abs(inverted - test_inverted) <= tol / q)
