@@ -72,12 +72,14 @@ t0=$(date +%s)
 # the kernel tests nor the figures; the bench starts when both are done.
 TC=$(clamp $(( $(left) - 170 )) 60 180)
 rm -f /tmp/gpu_check_compile_rc
-( timeout -k 10 "$TC" $PY -m pytest -q -rfE -p no:cacheprovider -k "$COMPILE_TESTS" tests/test_cuda.py \
-    tests/test_cuda_kernels.py > "$OUTDIR/tests_compile.log" 2>&1; echo $? > /tmp/gpu_check_compile_rc ) &
+( timeout -k 10 "$TC" $PY -m pytest -q -rfE -p no:cacheprovider -m cuda -k "$COMPILE_TESTS" tests \
+    > "$OUTDIR/tests_compile.log" 2>&1; echo $? > /tmp/gpu_check_compile_rc ) &
 COMPILE_PID=$!
 T=$(clamp $(( $(left) - 130 )) 60 150)
-timeout -k 10 "$T" $PY -m pytest -q -rfE --maxfail=25 -p no:cacheprovider --durations=5 -k "not ($COMPILE_TESTS)" \
-  tests/test_cuda_kernels.py tests/test_philox.py tests/test_cuda.py > "$OUTDIR/tests.log" 2>&1
+# -m cuda: every test that runs on the GPU (the kernels "cuda" and "python-cuda", the
+# device "cuda", the CUDA-only tests), whatever file its feature lives in
+timeout -k 10 "$T" $PY -m pytest -q -rfE --maxfail=25 -p no:cacheprovider --durations=5 -m cuda \
+  -k "not ($COMPILE_TESTS)" tests > "$OUTDIR/tests.log" 2>&1
 test_rc=$?
 grep -E "^(FAILED|ERROR)" "$OUTDIR/tests.log" | head -25
 grep -E "^[0-9.]+s (call|setup)" "$OUTDIR/tests.log" | head -5
