@@ -120,17 +120,11 @@ def pytest_collection_modifyitems(session, config, items):
             rng.shuffle(group)
             shuffled += group
         items[:] = shuffled
-        reporter = config.pluginmanager.get_plugin("terminalreporter")
-        line = "dropout_ext: tests shuffled with --shuffle=%d" % seed
-        if reporter is not None:
-            reporter.write_line(line)
-        else:
-            print(line)
 
 
 def pytest_report_collectionfinish(config, start_path, items):
     seed = shuffle_seed(config)
-    return ["dropout_ext: --shuffle=%d" % seed] if seed is not None else []
+    return ["dropout_ext: tests shuffled, --shuffle=%d repeats the order" % seed] if seed is not None else []
 
 
 # ------------------------------------------------------- state a test must leave alone
