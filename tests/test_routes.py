@@ -32,8 +32,8 @@ class Case:
     residual and bias (functions of the default ones); `routes` limits the routes that
     apply (None: all)."""
 
-    def __init__(self, name, p=_UNSET, kw=None, x=None, r=None, b=None, routes=None, ops=None):
-        self.name, self.p, self.kw = name, p, dict(kw or {})
+    def __init__(self, name, p=_UNSET, kw=None, x=None, r=None, b=None, routes=None, ops=None, shard=False):
+        self.name, self.p, self.kw, self.shard = name, p, dict(kw or {}), shard
         self.x, self.r, self.b = x, r, b
         self.routes, self.ops = routes, ops
 
@@ -102,7 +102,15 @@ def edge_cases(dev):
               Case("0-dim input", x=lambda x: x.reshape(-1)[0], r=lambda r: r.reshape(-1)[0])]
     cases += [Case("eval", kw={"training": False}),
               Case("eval, scale_train=False", kw={"training": False, "scale_train": False}, ops=["dropout"])]
+    cases += [Case("a shard at offsets off the Philox blocks", shard=True),
+              Case("a shard, seed at the top of the range", shard=True, kw={"seed": 2**64 - 1})]
     return cases
+
+
+def _shard(x):
+    """global_shape and global_offset that make x the shard at (1, 2, ...) of a bigger tensor."""
+    offsets = tuple(range(1, x.dim() + 1))
+    return tuple(n + o + 2 for n, o in zip(x.shape, offsets)), offsets
 
 
 def _operands(op, dev):
@@ -133,7 +141,8 @@ def _routes(op, case, x, seed_mode):
     for route in case.routes or ROUTES:
         if route == "generator" and ("seed" in kw or "generator" in kw or seed_mode == "seed"):
             continue
-        if route == "shard" and ("global_shape" in kw or "global_offset" in kw or not isinstance(x, torch.Tensor)):
+        if route == "shard" and ("global_shape" in kw or "global_offset" in kw or case.shard
+                                 or not isinstance(x, torch.Tensor)):
             continue
         if route in ("inplace", "inplace_grad") and not op.inplace:
             continue
@@ -153,6 +162,8 @@ def _call(op, route, case, x, r, b, seed_mode, dev):
         kw["generator"] = torch.Generator(device=dev).manual_seed(STATE)
     if route == "shard":
         kw["global_shape"], kw["global_offset"] = tuple(x.shape), (0,) * x.dim()
+    if case.shard:
+        kw["global_shape"], kw["global_offset"] = _shard(x)
     try:
         if route in ("fast", "generator", "shard"):
             return op(x, r, b, **kw)
@@ -259,7 +270,14 @@ def test_edge_arguments_same_result_on_every_route(kernels, op):
                 else:
                     key, base = int(seed), 0
                 p = float(cop.p)
-                want = expected_output(cop.with_p(p), x, r, b, op_mask(cop.with_p(p), x.shape, key, base))
+                if case.shard:  # the shard's slice of the full tensor's mask
+                    gs, go = _shard(x)
+                    lead = cop.lead(x.dim())
+                    keep = op_mask(cop.with_p(p), gs, key, base)[tuple(slice(o, o + n) for o, n in
+                                                                      zip(go[:lead], x.shape[:lead]))]
+                else:
+                    keep = op_mask(cop.with_p(p), x.shape, key, base)
+                want = expected_output(cop.with_p(p), x, r, b, keep)
             elif op.residual:
                 want = r + x if b is None else r + (x + b)
             elif case.kw.get("scale_train") is False or op.kind == "vanilla":
