@@ -151,6 +151,11 @@ def testing_ops():
     (DROPOUT_EXT_TESTING=1 at build time builds it)."""
     global _testing_ops, testing_load_error
     if _testing_ops is None and _compiled_module is not None:
+        import importlib.util
+
+        if importlib.util.find_spec(__package__ + "._testing") is None:
+            testing_load_error = "dropout_ext._testing is not built (build with DROPOUT_EXT_TESTING=1)"
+            return None
         namespace = _ops.define_library("dropout_ext_testing")
         try:
             from . import _testing  # noqa: F401  registers the testing namespace's kernels
