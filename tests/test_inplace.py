@@ -5,19 +5,13 @@ leaf that requires grad, elements that share memory, an inference tensor outside
 inference mode), with the input left as it was; evaluation mode."""
 import pytest
 import torch
-from testing import BACKEND_KERNELS, FAMILY, assert_same_bits, expected_output, family, op_mask, peek_rng_pair
+from testing import (BACKEND_KERNELS, FAMILY, assert_same_bits, expected_output, family, op_mask, peek_rng_pair,
+                     torch_error)
 
 from dropout_ext import functional as F
 
 INPLACE_OPS = [op for op in FAMILY if op.inplace]
 
-
-def torch_error(fn):
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - we compare whatever torch raises
-        return type(e), str(e)
-    return None
 
 
 def _views(device):

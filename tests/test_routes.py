@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 from testing import (BACKEND_KERNELS, EMULATOR, FAMILY, HAS_GPU, assert_same_bits, expected_output, op_mask, peek_rng_pair,
-                     storage_ctx)
+                     storage_ctx, torch_error)
 
 from dropout_ext import _backend, _reference, _route
 from dropout_ext import functional as F
@@ -309,13 +309,6 @@ def test_routes_quick(kernels):
 
 # ---------------------------------------------------- torch's errors, word for word
 
-
-def torch_error(fn):
-    try:
-        fn()
-    except Exception as e:  # noqa: BLE001 - we compare whatever torch raises
-        return type(e), str(e)
-    return None
 
 
 @pytest.mark.parametrize("p", [-0.1, 1.5, -1, 2])

@@ -555,4 +555,13 @@ def locked(path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def torch_error(fn):
+    """(exception type, message) that fn() raises, or None: how a test compares its error with torch's."""
+    try:
+        fn()
+    except Exception as e:  # noqa: BLE001 - whatever torch raises
+        return type(e), str(e)
+    return None
+
+
 __all__ = [n for n in dir() if not n.startswith("_")] + ["dropout_ext"]
