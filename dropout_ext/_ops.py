@@ -36,7 +36,19 @@ SCHEMAS = {
                         "Generator? generator, float p, int save, " + _SHARD + ") -> (Tensor, Tensor)",
     "dropout_backward": "dropout_backward(Tensor grad, Tensor saved, float p, int kind, int lead, " + _SHARD
                         + ", int[]? strides=None) -> Tensor",
+    # the fused dropout + add + norm (csrc/norm_args.h): out, h, mean, rstd, saved
+    "dropout_add_norm": "dropout_add_norm(Tensor input, Tensor? residual, Tensor? weight, Tensor? bias, "
+                        "Tensor? input_bias, Tensor? rng, Generator? generator, float p, float eps, bool rms, "
+                        "bool residual_in_fp32, int save, " + _SHARD
+                        + ") -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "dropout_add_norm_backward": "dropout_add_norm_backward(Tensor grad_out, Tensor? grad_h, Tensor h, "
+                                 "Tensor? weight, Tensor? bias, Tensor mean, Tensor rstd, Tensor saved, float p, "
+                                 "bool rms, bool input_bias_grad, " + _SHARD
+                                 + ") -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
 }
+# Ops whose autograd is the Python formula below for every backend (the compiled kernels'
+# too): registered with the library's definition.
+PYTHON_AUTOGRAD = ("dropout_add_norm",)
 
 # The pure-Python kernel of each op (_reference.py).
 PYTHON_KERNELS = {
@@ -45,6 +57,8 @@ PYTHON_KERNELS = {
     "dropout_add": _reference.dropout_add,
     "bias_dropout_add": _reference.bias_dropout_add,
     "dropout_backward": _reference.dropout_backward,
+    "dropout_add_norm": _reference.dropout_add_norm,
+    "dropout_add_norm_backward": _reference.dropout_add_norm_backward,
 }
 
 _libraries = {}
@@ -60,6 +74,10 @@ def define_library(namespace):
             lib.define(schema, tags=tags)
         _libraries[namespace] = lib
         _register_fakes(namespace, lib)
+        ops = getattr(torch.ops, namespace)
+        for name, (setup, backward) in _formulas(ops).items():
+            if name in PYTHON_AUTOGRAD:
+                torch.library.register_autograd(namespace + "::" + name, backward, setup_context=setup, lib=lib)
     return getattr(torch.ops, namespace)
 
 
@@ -94,6 +112,28 @@ def _register_fakes(namespace, lib):
     @torch.library.register_fake(q + "bias_dropout_add", lib=lib)
     def _(input, bias, residual, rng, generator, p, save, global_shape=None, global_offset=None):
         return torch.empty_like(input), _saved_like(input, input.numel(), save, rng)
+
+    @torch.library.register_fake(q + "dropout_add_norm", lib=lib)
+    def _(input, residual, weight, bias, input_bias, rng, generator, p, eps, rms, residual_in_fp32, save,
+          global_shape=None, global_offset=None):
+        acc = _reference._acc_dtype(input.dtype)
+        rows = math.prod(input.shape[:-1])
+        h_dtype = _reference.norm_h_dtype(input.dtype, residual_in_fp32)
+        return (input.new_empty(input.shape), input.new_empty(input.shape, dtype=h_dtype),
+                input.new_empty((0 if rms else rows,), dtype=acc), input.new_empty((rows,), dtype=acc),
+                _saved_like(input, input.numel(), save, rng))
+
+    @torch.library.register_fake(q + "dropout_add_norm_backward", lib=lib)
+    def _(grad_out, grad_h, h, weight, bias, mean, rstd, saved, p, rms, input_bias_grad, global_shape=None,
+          global_offset=None):
+        acc = _reference._acc_dtype(grad_out.dtype)
+        hidden = grad_out.shape[-1]
+
+        def sums(wanted):
+            return grad_out.new_empty((hidden if wanted else 0,), dtype=acc)
+
+        return (grad_out.new_empty(grad_out.shape), grad_out.new_empty(grad_out.shape, dtype=h.dtype),
+                sums(weight is not None), sums(bias is not None and not rms), sums(input_bias_grad))
 
     @torch.library.register_fake(q + "dropout_backward", lib=lib)
     def _(grad, saved, p, kind, lead, global_shape=None, global_offset=None, strides=None):
@@ -165,7 +205,36 @@ def _formulas(ops):
     def backward_backward(ctx, grad):
         return (grad_input(ctx, grad),) + (None,) * 7
 
+    def norm_setup(ctx, inputs, output):
+        input, residual, weight, bias, input_bias, _, _, p, _, rms, _, save, gs, go = _pad(inputs, 14)
+        _, h, mean, rstd, saved = output
+        if save == _reference.SAVE_NONE:
+            raise ValueError("dropout_ext: save=0 keeps no mask for backward, but an input requires grad "
+                             "(use 1 for bits, 2 for (key, base))")
+        ctx.set_materialize_grads(False)
+        # h is an output (with prenorm=True the one returned): saved, never copied
+        ctx.save_for_backward(h, weight, bias, mean, rstd, saved)
+        ctx.p, ctx.rms, ctx.global_shape, ctx.global_offset = p, rms, gs, go
+        ctx.out_dtype = output[0].dtype
+        ctx.dtypes = tuple(t.dtype if t is not None else None for t in (residual, weight, bias, input_bias))
+
+    def norm_backward(ctx, grad_out, grad_h, _grad_mean, _grad_rstd, _grad_saved):
+        none = (None,) * 14
+        if grad_out is None and grad_h is None:
+            return none
+        h, weight, bias, mean, rstd, saved = ctx.saved_tensors
+        if grad_out is None:
+            grad_out = torch.zeros(h.shape, dtype=ctx.out_dtype, device=h.device)
+        need = ctx.needs_input_grad
+        gx, gh, gw, gb, gib = ops.dropout_add_norm_backward(
+            grad_out, grad_h, h, weight, bias if need[3] else None, mean, rstd, saved, ctx.p, ctx.rms, need[4],
+            ctx.global_shape, ctx.global_offset)
+        rd, wd, bd, ibd = ctx.dtypes
+        return (gx if need[0] else None, gh.to(rd) if need[1] else None, gw.to(wd) if need[2] else None,
+                gb.to(bd) if need[3] else None, gib.to(ibd) if need[4] else None) + none[5:]
+
     return {
+        "dropout_add_norm": (norm_setup, norm_backward),
         "dropout": (dropout_setup, dropout_backward),
         "dropout_add": (dropout_add_setup, dropout_add_backward),
         "bias_dropout_add": (bias_dropout_add_setup, bias_dropout_add_backward),
@@ -187,6 +256,8 @@ def register_fallback(namespace="dropout_ext"):
     for name, kernel in PYTHON_KERNELS.items():
         lib.impl(name, kernel, "CompositeExplicitAutograd")
     for name, (setup, backward) in _formulas(getattr(torch.ops, namespace)).items():
+        if name in PYTHON_AUTOGRAD:
+            continue  # registered with the definition
         torch.library.register_autograd(namespace + "::" + name, backward, setup_context=setup, lib=lib)
     _fallback_library = lib
 

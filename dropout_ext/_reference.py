@@ -347,3 +347,146 @@ def dropout_backward(grad, saved, p, kind, lead, global_shape=None, global_offse
     else:
         keep = keep_mask(saved, p, grad.shape, lead, grad.device, global_shape, global_offset)
     return _like(grad, _values("backward", grad, keep, p, kind, lead), strides)
+
+
+# ------------------------------------------------- fused dropout + add + norm (rows)
+# h = residual + (input + input_bias) * f over the mask of `input`'s shape, rounded to h's
+# dtype, then LayerNorm or RMSNorm of each row of h (the last dim) in the accumulation type;
+# the kernels' definition (csrc/norm_args.h). Sums over a row are divided by max(hidden, 1).
+
+
+def norm_h_dtype(input_dtype, residual_in_fp32):
+    """h's dtype: float32 for a 16-bit input with residual_in_fp32, else the input's."""
+    if residual_in_fp32 and input_dtype in (torch.float16, torch.bfloat16):
+        return torch.float32
+    return input_dtype
+
+
+def check_norm_call(input, residual, weight, bias, input_bias, p, save, residual_in_fp32, global_shape=None,
+                    global_offset=None, generator=None, rng=None):
+    """The fused norm ops' checks (the same texts as csrc/ops.cpp)."""
+    check_floating(input, "input")
+    if input.dim() < 1:
+        raise RuntimeError("dropout_ext: the normalized input needs at least 1 dim, got a 0-dim tensor")
+    hidden = input.shape[-1]
+    if not 0.0 <= p <= 1.0:
+        raise ValueError("dropout probability has to be between 0 and 1, but got %s" % p)
+    if save not in (0, 1, 2):
+        raise ValueError("dropout_ext: save must be 0 (nothing), 1 (bits) or 2 (rng), got %s" % save)
+    if residual is not None:
+        check_floating(residual, "residual")
+        ok = (input.dtype,) + ((torch.float32,) if residual_in_fp32 else ())
+        if residual.dtype not in ok:
+            raise TypeError("dropout_ext: residual must have the input's dtype %s%s, got %s"
+                            % (input.dtype, " or float32" if residual_in_fp32 else "", residual.dtype))
+        if residual.device != input.device:
+            raise RuntimeError("dropout_ext: residual must be on the input's device %s, got %s"
+                               % (input.device, residual.device))
+        if residual.shape != input.shape:
+            raise RuntimeError("dropout_ext: residual must have the input's shape %s, got %s"
+                               % (list(input.shape), list(residual.shape)))
+    for name, t, dtypes in (("weight", weight, (input.dtype, torch.float32)),
+                            ("bias", bias, (input.dtype, torch.float32)),
+                            ("input_bias", input_bias, (input.dtype,))):
+        if t is None:
+            continue
+        check_floating(t, name)
+        if t.dtype not in dtypes:
+            raise TypeError("dropout_ext: %s must have the input's dtype %s%s, got %s"
+                            % (name, input.dtype, " or float32" if len(dtypes) > 1 else "", t.dtype))
+        if t.device != input.device:
+            raise RuntimeError("dropout_ext: %s must be on the input's device %s, got %s"
+                               % (name, input.device, t.device))
+        if t.dim() != 1 or t.shape[0] != hidden:
+            raise RuntimeError("dropout_ext: %s must be 1-D with the input's last dimension (%d), got shape %s"
+                               % (name, hidden, list(t.shape)))
+    check_shard(input, global_shape, global_offset)
+    if global_shape is not None and (global_shape[-1] != hidden or global_offset[-1] != 0):
+        raise ValueError("dropout_ext: a shard of the normalized (last) dim is not supported: global_shape[-1] "
+                         "must be the input's last dim (%d) and global_offset[-1] 0, got %s and %s"
+                         % (hidden, list(global_shape), list(global_offset)))
+    if rng is not None:
+        if rng.dtype != torch.int64 or rng.numel() != 2:
+            raise RuntimeError("dropout_ext: rng must be an int64 tensor of two elements (key, base), got %s with %d "
+                               "elements" % (rng.dtype, rng.numel()))
+        if rng.device.type != "cpu" and rng.device != input.device:
+            raise RuntimeError("dropout_ext: rng must be on the CPU or on the input's device %s, got %s"
+                               % (input.device, rng.device))
+    check_generator(generator, input)
+
+
+def _norm_keep(pair, p, input, global_shape, global_offset):
+    return keep_mask(pair, p, input.shape, input.dim(), input.device, global_shape, global_offset)
+
+
+def _factor(keep, p, acc):
+    scale = torch.tensor(keep_scale(p, KIND_INVERTED), dtype=acc, device=keep.device)
+    return torch.where(keep, scale, torch.zeros((), dtype=acc, device=keep.device))
+
+
+def dropout_add_norm(input, residual, weight, bias, input_bias, rng, generator, p, eps, rms, residual_in_fp32,
+                     save, global_shape=None, global_offset=None):
+    check_norm_call(input, residual, weight, bias, input_bias, p, save, residual_in_fp32, global_shape,
+                    global_offset, generator, rng)
+    device, acc = input.device, _acc_dtype(input.dtype)
+    hidden = input.shape[-1]
+    rows = input.numel() // hidden if hidden else math.prod(input.shape[:-1])
+    pair = rng.clone() if rng is not None else draw_rng(generator, device)
+    keep = _norm_keep(pair, p, input, global_shape, global_offset)
+    v = input.to(acc).reshape(rows, hidden)
+    if input_bias is not None:
+        v = v + input_bias.to(acc)
+    v = v * _factor(keep, p, acc).reshape(rows, hidden)
+    if residual is not None:
+        v = residual.to(acc).reshape(rows, hidden) + v
+    h = v.to(norm_h_dtype(input.dtype, residual_in_fp32))
+    hf = h.to(acc)
+    n = max(hidden, 1)
+    if rms:
+        mean = torch.empty(0, dtype=acc, device=device)
+        rstd = torch.rsqrt((hf * hf).sum(-1) / n + eps)
+        y = hf * rstd[:, None]
+    else:
+        mean = hf.sum(-1) / n
+        centered = hf - mean[:, None]
+        rstd = torch.rsqrt((centered * centered).sum(-1) / n + eps)
+        y = centered * rstd[:, None]
+    if weight is not None:
+        y = y * weight.to(acc)
+    if bias is not None and not rms:
+        y = y + bias.to(acc)
+    out = y.to(input.dtype).reshape(input.shape).contiguous()
+    return out, h.reshape(input.shape).contiguous(), mean, rstd, _saved(save, keep, pair, input)
+
+
+def dropout_add_norm_backward(grad_out, grad_h, h, weight, bias, mean, rstd, saved, p, rms, input_bias_grad,
+                              global_shape=None, global_offset=None):
+    device, acc = grad_out.device, _acc_dtype(grad_out.dtype)
+    hidden = grad_out.shape[-1] if grad_out.dim() else 1
+    rows = grad_out.numel() // hidden if hidden else math.prod(grad_out.shape[:-1])
+    if saved.dtype == torch.uint8:
+        if saved.numel() != (grad_out.numel() + 7) // 8:
+            raise RuntimeError("dropout_ext: saved bits must hold %d bytes, got %d"
+                               % ((grad_out.numel() + 7) // 8, saved.numel()))
+        keep = unpack_bits(saved, grad_out.numel())
+    else:
+        keep = _norm_keep(saved, p, grad_out, global_shape, global_offset)
+    dy = grad_out.to(acc).reshape(rows, hidden)
+    hf = h.to(acc).reshape(rows, hidden)
+    xhat = hf * rstd[:, None] if rms else (hf - mean[:, None]) * rstd[:, None]
+    g = dy * weight.to(acc) if weight is not None else dy
+    n = max(hidden, 1)
+    dh = g - xhat * ((g * xhat).sum(-1, keepdim=True) / n)
+    if not rms:
+        dh = dh - g.sum(-1, keepdim=True) / n
+    dh = dh * rstd[:, None]
+    if grad_h is not None:
+        dh = dh + grad_h.to(acc).reshape(rows, hidden)
+    dx = dh * _factor(keep, p, acc).reshape(rows, hidden)
+    empty = torch.empty(0, dtype=acc, device=device)
+    gw = (dy * xhat).sum(0) if weight is not None else empty
+    gb = dy.sum(0) if bias is not None and not rms else empty
+    gib = dx.sum(0) if input_bias_grad else empty
+    shape = grad_out.shape
+    return (dx.to(grad_out.dtype).reshape(shape).contiguous(), dh.to(h.dtype).reshape(shape).contiguous(),
+            gw, gb, gib)

@@ -9,6 +9,7 @@
 
 #include <optional>
 
+#include "norm_args.h"
 #include "ns.h"
 #include "pass_args.h"
 
@@ -25,11 +26,16 @@ void cpu_draw_rng(const std::optional<at::Generator>& gen, MaskParams& m);
 // (the CUDA flat kernel, for contiguous inputs with runs of at least 8 elements), false
 // when the caller must draw the reduced mask first and pass it as bits_in. numel > 0.
 bool cpu_try_channel_pass(PassArgs& a);
+// The fused dropout + add + norm (norm_args.h): forward and backward over all rows.
+void cpu_norm_forward(NormArgs& a);
+void cpu_norm_backward(NormArgs& a);
 
 #ifdef DROPOUT_EXT_WITH_CUDA
 // Launches the pass on the current stream of the current device.
 void cuda_run_pass(PassArgs& a);
 bool cuda_try_channel_pass(PassArgs& a);
+void cuda_norm_forward(NormArgs& a);
+void cuda_norm_backward(NormArgs& a);
 // (key, base) = (seed, offset) of the CUDA generator's Philox state, offset advanced by 4
 // (torch.cuda's own increment unit). Under graph capture they are read by the kernel from
 // the generator's device state, so each replay of a captured graph draws a fresh mask.
