@@ -74,10 +74,17 @@ def run(c, run_local):
     local_shape, offset = compute_local_shape_and_global_offset(shape, mesh, placements)
     residual = _residual(c.residual, input, offset, local_shape) if c.residual is not None else None
     bias = _bias(c.bias, input, offset, local_shape) if c.bias is not None else None
+    norm = c.norm
+    if norm is not None:
+        if any(pl.is_shard(input.dim() - 1) for pl in placements):
+            raise ValueError("dropout_ext: a DTensor sharded on the normalized (last) dim is not supported; "
+                             "shard a leading dim or redistribute the input")
+        norm = norm.replace(*(_bias(t, input, offset, local_shape) if t is not None else None
+                              for t in (norm.weight, norm.bias)))
 
     def local_op(local, inplace):
         return run_local(c.replace(input=local, inplace=inplace, global_shape=shape, global_offset=offset,
-                                   residual=residual, bias=bias))
+                                   residual=residual, bias=bias, norm=norm))
 
     if c.inplace and not (torch.is_grad_enabled() and input.requires_grad):
         # Write into the local shard; bump the DTensor's version as an in-place op would.
@@ -87,6 +94,11 @@ def run(c, run_local):
         return input
     # Strides: those of torch.empty_like(the global tensor), as for a plain input.
     stride = torch.empty_like(torch.empty_strided(shape, input.stride(), device="meta")).stride()
+    if norm is not None:  # contiguous outputs: out, and h with prenorm
+        result = local_op(input.to_local(), False)
+        wrap = lambda t: DTensor.from_local(t, mesh, placements, run_check=False, shape=input.shape,
+                                            stride=torch.empty(shape, device="meta").stride())
+        return tuple(wrap(t) for t in result) if norm.prenorm else wrap(result)
     out = DTensor.from_local(local_op(input.to_local(), False), mesh, placements, run_check=False,
                              shape=input.shape, stride=stride)
     # In place with autograd: torch's copy_ records the edge (and refuses a leaf).

@@ -67,6 +67,8 @@ class KeepMask(torch.autograd.Function):
 def run(c, rng, generator):
     """The output of Call `c` (_route.py) in torch ops around KeepMask (see the module
     docstring). The op checks only the mask's leading dims: the whole call is checked here."""
+    if c.op == "dropout_add_norm":
+        return _run_norm(c, rng, generator)
     input, p, kind = c.input, c.p, c.kind
     _reference._check_call(input, p, kind, c.lead, 0, c.global_shape, c.global_offset, generator, rng,
                            c.residual, c.bias)
@@ -84,3 +86,29 @@ def run(c, rng, generator):
     if c.residual is not None:
         y = c.residual.to(acc) + y
     return y.to(input.dtype)
+
+
+def _run_norm(c, rng, generator):
+    """dropout_add_norm: h as the kernels compute it (the same mask and rounding), then
+    torch's norm of h in the accumulation type."""
+    input, p, n = c.input, c.p, c.norm
+    _reference.check_norm_call(input, c.residual, n.weight, n.bias, c.bias, p, 0, n.residual_in_fp32,
+                               c.global_shape, c.global_offset, generator, rng)
+    acc = _acc(input.dtype)
+    keep = KeepMask.apply(input, rng, generator, p, input.dim(), c.global_shape, c.global_offset)
+    v = input.to(acc)
+    if c.bias is not None:
+        v = v + c.bias.to(acc)
+    v = v * (keep * _reference.keep_scale(p, _reference.KIND_INVERTED))
+    if c.residual is not None:
+        v = c.residual.to(acc) + v
+    h = v.to(_reference.norm_h_dtype(input.dtype, n.residual_in_fp32))
+    hf, shape = h.to(acc), (input.shape[-1],)
+    weight = n.weight.to(acc) if n.weight is not None else None
+    if n.rms:
+        y = torch.nn.functional.rms_norm(hf, shape, weight, n.eps)
+    else:
+        bias = n.bias.to(acc) if n.bias is not None else None
+        y = torch.nn.functional.layer_norm(hf, shape, weight, bias, n.eps)
+    out = y.to(input.dtype)
+    return (out, h) if n.prenorm else out

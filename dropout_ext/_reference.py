@@ -483,10 +483,12 @@ def dropout_add_norm_backward(grad_out, grad_h, h, weight, bias, mean, rstd, sav
     if grad_h is not None:
         dh = dh + grad_h.to(acc).reshape(rows, hidden)
     dx = dh * _factor(keep, p, acc).reshape(rows, hidden)
-    empty = torch.empty(0, dtype=acc, device=device)
-    gw = (dy * xhat).sum(0) if weight is not None else empty
-    gb = dy.sum(0) if bias is not None and not rms else empty
-    gib = dx.sum(0) if input_bias_grad else empty
+    def empty():
+        return torch.empty(0, dtype=acc, device=device)
+
+    gw = (dy * xhat).sum(0) if weight is not None else empty()
+    gb = dy.sum(0) if bias is not None and not rms else empty()
+    gib = dx.sum(0) if input_bias_grad else empty()
     shape = grad_out.shape
     return (dx.to(grad_out.dtype).reshape(shape).contiguous(), dh.to(h.dtype).reshape(shape).contiguous(),
             gw, gb, gib)

@@ -26,21 +26,36 @@ _transforms_active = torch._C._are_functorch_transforms_active
 _SEED_LIMIT = 2**64
 
 
+class Norm:
+    """The norm after the sum of a "dropout_add_norm" call: its parameters (either may be
+    None) and options."""
+
+    __slots__ = ("weight", "bias", "eps", "rms", "prenorm", "residual_in_fp32")
+
+    def __init__(self, weight, bias, eps, rms, prenorm, residual_in_fp32):
+        self.weight, self.bias, self.eps, self.rms = weight, bias, eps, rms
+        self.prenorm, self.residual_in_fp32 = prenorm, residual_in_fp32
+
+    def replace(self, weight, bias):
+        return Norm(weight, bias, self.eps, self.rms, self.prenorm, self.residual_in_fp32)
+
+
 class Call:
-    """One training-mode call: the op ("dropout", "dropout_add", "bias_dropout_add"), its
-    tensors and its mask parameters (kind, and `lead`: the leading dims that index the
-    mask words)."""
+    """One training-mode call: the op ("dropout", "dropout_add", "bias_dropout_add",
+    "dropout_add_norm"), its tensors and its mask parameters (kind, and `lead`: the leading
+    dims that index the mask words). For "dropout_add_norm", `bias` is the input's bias
+    (input_bias=), `residual` may be None and `norm` describes the norm."""
 
     __slots__ = ("op", "input", "p", "kind", "lead", "inplace", "seed", "generator", "global_shape",
-                 "global_offset", "residual", "bias")
+                 "global_offset", "residual", "bias", "norm")
 
     def __init__(self, op, input, p, kind=_reference.KIND_INVERTED, lead=None, inplace=False, seed=None,
-                 generator=None, global_shape=None, global_offset=None, residual=None, bias=None):
+                 generator=None, global_shape=None, global_offset=None, residual=None, bias=None, norm=None):
         self.op, self.input, self.p, self.kind = op, input, p, kind
         self.lead = input.dim() if lead is None else lead
         self.inplace, self.seed, self.generator = inplace, seed, generator
         self.global_shape, self.global_offset = global_shape, global_offset
-        self.residual, self.bias = residual, bias
+        self.residual, self.bias, self.norm = residual, bias, norm
 
     def replace(self, **changes):
         c = Call.__new__(Call)
@@ -49,8 +64,10 @@ class Call:
         return c
 
     def requires_grad(self):
-        return _grad_enabled() and any(t is not None and t.requires_grad for t in (self.input, self.residual,
-                                                                                   self.bias))
+        tensors = (self.input, self.residual, self.bias)
+        if self.norm is not None:
+            tensors += (self.norm.weight, self.norm.bias)
+        return _grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 # ----------------------------------------------------------------------- the fast entry
@@ -111,6 +128,11 @@ def run(c):
     ops = _backend.OPS
     input, p, gs, go = c.input, c.p, c.global_shape, c.global_offset
     save = _backend.SAVE if c.requires_grad() else 0
+    if c.op == "dropout_add_norm":
+        n = c.norm
+        out, h, _, _, _ = ops.dropout_add_norm(input, c.residual, n.weight, n.bias, c.bias, rng, gen, p, n.eps, n.rms,
+                                               n.residual_in_fp32, save, gs, go)
+        return (out, h) if n.prenorm else out
     if c.op == "dropout_add":
         return ops.dropout_add(input, c.residual, rng, gen, p, save, gs, go)[0]
     if c.op == "bias_dropout_add":

@@ -17,7 +17,7 @@ from ._route import Call
 
 __all__ = [
     "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
-    "drop_path", "dropout_add", "bias_dropout_add",
+    "drop_path", "dropout_add", "bias_dropout_add", "dropout_add_layer_norm", "dropout_add_rms_norm",
 ]
 
 KIND_INVERTED, KIND_VANILLA, KIND_ALPHA = _reference.KIND_INVERTED, _reference.KIND_VANILLA, _reference.KIND_ALPHA
@@ -264,3 +264,56 @@ def bias_dropout_add(input: Tensor, bias: Tensor, residual: Tensor, p: float = 0
     """residual + dropout(input + bias, p) in one pass; bias broadcasts over the last dim."""
     return _fused("bias_dropout_add", input, residual, bias, p, training, seed, generator, global_shape,
                   global_offset)
+
+
+# ------------------------------------------------------- fused residual + normalization
+
+# (key, base) of the evaluation-mode call: p = 0 keeps every element, nothing is drawn.
+_EVAL_SEED = 0
+
+
+def _norm_call(rms, input, residual, weight, bias, p, training, eps, input_bias, prenorm, residual_in_fp32, seed,
+               generator, global_shape, global_offset):
+    p = _check_p(p)
+    _check_input(input)
+    if residual is not None:
+        _check_input(residual, "residual")
+    norm = _route.Norm(weight, bias, float(eps), rms, bool(prenorm), bool(residual_in_fp32))
+    if not training:  # no dropout, the same sum and norm; the generator is left alone
+        p, seed, generator = 0.0, _EVAL_SEED, None
+    return _route.run(Call("dropout_add_norm", input, p, KIND_INVERTED, None, False, seed, generator, global_shape,
+                           global_offset, residual, input_bias, norm))
+
+
+def dropout_add_layer_norm(input: Tensor, residual: Optional[Tensor], weight: Optional[Tensor], bias: Optional[Tensor],
+                           p: float = 0.5, training: bool = True, *, eps: float = 1e-5,
+                           input_bias: Optional[Tensor] = None, prenorm: bool = False, residual_in_fp32: bool = False,
+                           seed: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                           global_shape: Optional[Sequence[int]] = None,
+                           global_offset: Optional[Sequence[int]] = None):
+    """layer_norm(residual + dropout(input + input_bias)) over the last dim, in one pass.
+
+    h = residual + dropout(input + input_bias) (residual and input_bias may be None) is bit
+    for bit what dropout_add / bias_dropout_add returns for the same seed or generator
+    state; the norm is computed from h in float32 (float64 for float64 inputs). Returns the
+    normalized output, or (output, h) with prenorm=True (h is the residual stream of a
+    pre-norm block). residual_in_fp32=True keeps h in float32 for 16-bit inputs. weight and
+    bias (of shape (hidden,), the input's dtype or float32) may be None. Backward keeps the
+    mask as bits (or the seed), the mean and 1/std per row, and h."""
+    return _norm_call(False, input, residual, weight, bias, p, training, eps, input_bias, prenorm, residual_in_fp32,
+                      seed, generator, global_shape, global_offset)
+
+
+def dropout_add_rms_norm(input: Tensor, residual: Optional[Tensor], weight: Optional[Tensor], p: float = 0.5,
+                         training: bool = True, *, eps: Optional[float] = None, input_bias: Optional[Tensor] = None,
+                         prenorm: bool = False, residual_in_fp32: bool = False, seed: Optional[int] = None,
+                         generator: Optional[torch.Generator] = None, global_shape: Optional[Sequence[int]] = None,
+                         global_offset: Optional[Sequence[int]] = None):
+    """rms_norm(residual + dropout(input + input_bias)) over the last dim, in one pass; as
+    dropout_add_layer_norm otherwise. eps=None is torch.finfo(input.dtype).eps, as
+    torch.nn.functional.rms_norm takes it."""
+    if eps is None:
+        _check_input(input)
+        eps = torch.finfo(input.dtype).eps
+    return _norm_call(True, input, residual, weight, None, p, training, eps, input_bias, prenorm, residual_in_fp32,
+                      seed, generator, global_shape, global_offset)

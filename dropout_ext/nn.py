@@ -1,10 +1,13 @@
 """Module forms. Each subclasses its torch counterpart, so isinstance checks, repr,
 state_dict and train()/eval() behave exactly as torch's."""
+import numbers
+
 import torch
 
 from . import functional as F
 
-__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "DropPath"]
+__all__ = ["Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout", "DropPath",
+           "DropoutAddLayerNorm", "DropoutAddRMSNorm"]
 
 
 def _vanilla_repr(module, base):
@@ -66,3 +69,92 @@ class DropPath(torch.nn.Module):
 
     def extra_repr(self) -> str:
         return "p=%s" % self.p
+
+
+def _hidden(normalized_shape):
+    """The normalized size: the fused ops normalize over the last dim only."""
+    shape = (normalized_shape,) if isinstance(normalized_shape, numbers.Integral) else tuple(normalized_shape)
+    if len(shape) != 1:
+        raise ValueError("dropout_ext: the fused norms normalize over the last dim only: normalized_shape must be an "
+                         "int or have one entry, got %s" % (shape,))
+    return shape
+
+
+class DropoutAddLayerNorm(torch.nn.Module):
+    """LayerNorm(residual + dropout(input + input_bias)) in one pass (a post-norm block's
+    end, as in BERT); prenorm=True also returns the sum h (a pre-norm block's residual
+    stream, as in GPT-2 or ViT). Parameters `weight` and `bias` as torch.nn.LayerNorm's, so
+    a LayerNorm's state_dict loads into it."""
+
+    def __init__(self, normalized_shape, p: float = 0.5, eps: float = 1e-5, elementwise_affine: bool = True,
+                 bias: bool = True, *, prenorm: bool = False, residual_in_fp32: bool = False, device=None,
+                 dtype=None) -> None:
+        super().__init__()
+        F._check_p(p)
+        self.normalized_shape = _hidden(normalized_shape)
+        self.p, self.eps, self.elementwise_affine = p, eps, elementwise_affine
+        self.prenorm, self.residual_in_fp32 = prenorm, residual_in_fp32
+        factory = {"device": device, "dtype": dtype}
+        if elementwise_affine:
+            self.weight = torch.nn.Parameter(torch.empty(self.normalized_shape, **factory))
+            self.bias = torch.nn.Parameter(torch.empty(self.normalized_shape, **factory)) if bias else None
+        else:
+            self.register_parameter("weight", None)
+            self.register_parameter("bias", None)
+        if self.bias is None:
+            self.register_parameter("bias", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            torch.nn.init.ones_(self.weight)
+        if self.bias is not None:
+            torch.nn.init.zeros_(self.bias)
+
+    def forward(self, input, residual=None, input_bias=None):
+        return F.dropout_add_layer_norm(input, residual, self.weight, self.bias, self.p, self.training, eps=self.eps,
+                                        input_bias=input_bias, prenorm=self.prenorm,
+                                        residual_in_fp32=self.residual_in_fp32)
+
+    def extra_repr(self) -> str:
+        s = "{normalized_shape}, p={p}, eps={eps}, elementwise_affine={elementwise_affine}".format(**self.__dict__)
+        if self.prenorm:
+            s += ", prenorm=True"
+        if self.residual_in_fp32:
+            s += ", residual_in_fp32=True"
+        return s
+
+
+class DropoutAddRMSNorm(torch.nn.Module):
+    """RMSNorm(residual + dropout(input + input_bias)) in one pass; as DropoutAddLayerNorm
+    otherwise. eps=None is torch.finfo(input.dtype).eps, as torch.nn.RMSNorm takes it."""
+
+    def __init__(self, normalized_shape, p: float = 0.5, eps=None, elementwise_affine: bool = True, *,
+                 prenorm: bool = False, residual_in_fp32: bool = False, device=None, dtype=None) -> None:
+        super().__init__()
+        F._check_p(p)
+        self.normalized_shape = _hidden(normalized_shape)
+        self.p, self.eps, self.elementwise_affine = p, eps, elementwise_affine
+        self.prenorm, self.residual_in_fp32 = prenorm, residual_in_fp32
+        if elementwise_affine:
+            self.weight = torch.nn.Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
+        else:
+            self.register_parameter("weight", None)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        if self.weight is not None:
+            torch.nn.init.ones_(self.weight)
+
+    def forward(self, input, residual=None, input_bias=None):
+        return F.dropout_add_rms_norm(input, residual, self.weight, self.p, self.training, eps=self.eps,
+                                      input_bias=input_bias, prenorm=self.prenorm,
+                                      residual_in_fp32=self.residual_in_fp32)
+
+    def extra_repr(self) -> str:
+        s = "{normalized_shape}, p={p}, eps={eps}, elementwise_affine={elementwise_affine}".format(**self.__dict__)
+        if self.prenorm:
+            s += ", prenorm=True"
+        if self.residual_in_fp32:
+            s += ", residual_in_fp32=True"
+        return s

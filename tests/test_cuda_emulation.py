@@ -54,8 +54,8 @@ def check_against_python(x, grad=True, ops=None):
 
 # The product's op namespace: only what dropout_ext/_ops.py declares (SCHEMAS, but the
 # testing module's philox4x32_10) and the run-time CPU path switch.
-PUBLIC_OPS = {"dropout", "dropout_", "dropout_add", "bias_dropout_add", "dropout_backward", "_cpu_isa",
-              "_cpu_isas_supported"}
+PUBLIC_OPS = {"dropout", "dropout_", "dropout_add", "bias_dropout_add", "dropout_backward", "dropout_add_norm",
+              "dropout_add_norm_backward", "_cpu_isa", "_cpu_isas_supported"}
 
 
 def _namespace_ops(namespace):

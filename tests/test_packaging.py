@@ -48,7 +48,7 @@ def test_schemas_are_defined_once_from_python():
 def test_compiled_kernels_serve_the_op_names():
     for name in _ops.SCHEMAS:
         assert torch._C._dispatch_has_kernel_for_dispatch_key("dropout_ext::" + name, "CPU")
-        if name != "dropout_":
+        if name not in ("dropout_", "dropout_add_norm_backward"):
             assert torch._C._dispatch_has_kernel_for_dispatch_key("dropout_ext::" + name, "Autograd")
 
 
@@ -94,6 +94,16 @@ def _samples(device, dtype=torch.float32):
         samples["dropout_add"] += [(x.detach(), r.detach(), rng, None, 0.2, 0), (x, r, rng, None, 0.2, 1)]
         samples["bias_dropout_add"] += [(x.detach(), b.detach(), r.detach(), rng, None, 0.2, 0),
                                         (x, b, r, rng, None, 0.2, 2)]
+        w = (b.detach() + 1).requires_grad_()
+        samples["dropout_add_norm"] += [(x.detach(), r.detach(), None, None, None, rng, None, 0.2, 1e-5, False, False, 0),
+                                        (x, r, w, b, b, rng, None, 0.2, 1e-5, False, False, 1),
+                                        (x, None, w, None, None, rng, None, 0.3, 1e-6, True, True, 2),
+                                        (x, r, w, b, None, rng, None, 0.2, 1e-5, False, False, 1, [10, 12], [5, 0])]
+        out, h, mean, rstd, _ = torch.ops.dropout_ext.dropout_add_norm(x.detach(), r.detach(), w.detach(), None, None,
+                                                                       rng, None, 0.2, 1e-5, False, False, 0)
+        g = torch.randn_like(out)
+        samples["dropout_add_norm_backward"] += [(g, None, h, w.detach(), b.detach(), mean, rstd, bits, 0.2, False, True),
+                                                 (g, g, h, None, None, mean, rstd, rng, 0.2, False, False)]
     return samples
 
 
@@ -116,6 +126,7 @@ def test_registered_python_kernels_in_a_fresh_process():
     tests = [os.path.join(HERE, "test_packaging.py::" + t) for t in (
         "test_schemas_are_defined_once_from_python", "test_the_kernels_that_serve_the_op_names", "test_opcheck")]
     tests.append(os.path.join(HERE, "test_transforms.py::test_torch_compile_fullgraph_matches_eager_with_seed"))
+    tests.append(os.path.join(HERE, "test_norm.py::test_torch_compile_fullgraph"))
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *tests],
                           env=_env(DROPOUT_EXT_FORCE_PYTHON="1"), capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
