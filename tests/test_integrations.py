@@ -3,6 +3,7 @@
 left in a training step, fuse=True and fuse=False drawing the same masks, state_dict
 kept, torch.compile, and the errors."""
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -264,3 +265,15 @@ def test_the_package_imports_without_transformers():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ImportError: dropout_ext.integrations.transformers needs the transformers package" in proc.stdout
+
+
+def test_model_bench_smoke(tmp_path):
+    """bench/models.py on tiny models: its table and its JSON."""
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "models.py"), "--tiny", "--steps", "1",
+                           "--models", "bert", "--variants", "torch,apply", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert "| bert BertForSequenceClassification | 2x32 | apply |" in proc.stdout, proc.stdout
+    rows = json.loads((tmp_path / "models.json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["torch", "apply"] and rows[1]["fused blocks"] == 4
