@@ -97,11 +97,12 @@ def eager_attention(module, query, key, value, attention_mask, *args, **kwargs):
         return eager(module, query, key, value, attention_mask, *args, **kwargs)
 
 
-def _attention_dropout_p(config):
+def _drops_attention(config):
+    """Whether the config's attention-probability dropout may be nonzero (unknown: yes)."""
     for name in ("attention_probs_dropout_prob", "attn_pdrop", "attention_dropout"):
         if hasattr(config, name):
-            return getattr(config, name)
-    return None
+            return getattr(config, name) > 0
+    return True
 
 
 # --------------------------------------------------------------------------- fused blocks
@@ -246,7 +247,7 @@ def apply(model, *, fuse=True):
     configs = {id(m.config): m.config for m in model.modules() if isinstance(m, PreTrainedModel)}
     attention = {c._attn_implementation for c in configs.values()}
     others = sorted(a for a in attention if a not in ("eager", ATTENTION))
-    if others and any((_attention_dropout_p(c) or 0) > 0 or _attention_dropout_p(c) is None for c in configs.values()):
+    if others and any(_drops_attention(c) for c in configs.values()):
         warnings.warn("dropout_ext.integrations.transformers.apply: attention implementation %s drops the attention "
                       "probabilities inside its own kernel, with torch's RNG; load the model with "
                       "attn_implementation=\"eager\" to route that dropout through dropout_ext" % ", ".join(others),
