@@ -447,3 +447,15 @@ def test_cuda_graph_replays_draw_fresh_masks():
     graph.replay()
     assert not torch.equal(h1, h)  # each replay draws a fresh mask
     assert_close_out(out, expected_out("layer", h, w, b, 1e-5, x.dtype))
+
+
+def test_example_blocks_match_their_unfused_forms():
+    """examples/fused_norm_blocks.py: the post-norm (BERT) and pre-norm (GPT-2) blocks give
+    the unfused composition's loss and gradients, to rounding, for the same seed."""
+    import runpy
+    import os
+
+    ex = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                                     "fused_norm_blocks.py"))
+    for name in ("PostNormBlock", "PreNormBlock"):
+        ex["compare"](ex[name])
