@@ -5,6 +5,7 @@ medians; GpuTimer, device time with wall time and kernels beside it). Its rows a
 out for that timer: the CPU tables compare the contenders per size, the GPU tables list
 each contender's device time, wall time and kernels. "vs X" = X's time / ours."""
 import argparse
+import itertools
 import json
 import os
 import signal
@@ -36,8 +37,8 @@ LAYOUT_SHAPES = {"full": ((64, 256, 32, 32), 4096, (8192, 4096)), "small": ((16,
 # The order each bench measures its tables in. The GPU bench takes the per-call host times
 # first: after a torch.profiler session, host times in the same process read 35 to 45 us
 # higher per forward + backward (the CUDA activity tracing it sets up seems to stay attached).
-ORDER = {"cpu": ("forward", "backward", "family", "per_call", "layout", "shard", "isa", "curve"),
-         "gpu": ("per_call", "forward", "backward", "unroll", "family", "layout", "shard", "gpt2")}
+ORDER = {"cpu": ("forward", "backward", "family", "per_call", "layout", "shard", "norm", "isa", "curve"),
+         "gpu": ("per_call", "forward", "backward", "unroll", "family", "norm", "layout", "shard", "gpt2")}
 # Per bench and mode: log2 sizes of the forward and forward+backward tables, rounds per
 # median, log2 numel of the family table, layout scale, local shard shape, torch.compile.
 MODES = {("cpu", "quick"): ((12, 14), 3, 14, "tiny", (64, 128), False),
@@ -408,6 +409,75 @@ def shard(run):
     return rows, None
 
 
+# ----------------------------------------------------------------------------- fused norm
+
+# (rows, hidden) of the fused norm table per mode
+NORM_SHAPES = {"quick": ((256, 768), (64, 4096)), "dry": ((256, 768), (64, 4096)),
+               "default": ((8192, 768), (4096, 4096), (1024, 16384)),
+               "full": ((8192, 768), (4096, 4096), (1024, 16384))}
+
+
+def norm(run):
+    """dropout_add_layer_norm (and, with --full or on the GPU, dropout_add_rms_norm) against
+    torch eager's norm(r + dropout(x)), torch.compile of it, our dropout_add followed by torch's
+    norm, and torch's norm(r + x) with no dropout at all; forward, and forward + backward(grad)
+    with x, r, weight and bias leaves. GPU: also copy_ of x, for the bandwidth of the 4 streams
+    (x, r read; out, h written) the fused forward must move."""
+    p, dev, rows = run.p, run.device, []
+    norms = ("layer", "rms") if run.gpu or run.mode == "full" else ("layer",)
+    for kind, d, (n_rows, hidden) in itertools.product(norms, run.dtypes, NORM_SHAPES[run.mode]):
+        dt = DTYPES[d]
+        progress("norm %s %s %dx%d" % (kind, d, n_rows, hidden))
+        x, r = (torch.randn(n_rows, hidden, dtype=dt, device=dev) for _ in range(2))
+        w, b = torch.ones(hidden, dtype=dt, device=dev), torch.zeros(hidden, dtype=dt, device=dev)
+        g, y = torch.randn_like(x), torch.empty_like(x)
+        if kind == "layer":
+            def tnorm(h, w, b):
+                return TF.layer_norm(h, (hidden,), w, b)
+
+            def fused(x, r, w, b):
+                return F.dropout_add_layer_norm(x, r, w, b, p)
+        else:
+            def tnorm(h, w, b):
+                return TF.rms_norm(h, (hidden,), w)
+
+            def fused(x, r, w, b):
+                return F.dropout_add_rms_norm(x, r, w, p)
+        comps = {"torch eager": lambda x, r, w, b: tnorm(r + TF.dropout(x, p), w, b),
+                 "ours unfused": lambda x, r, w, b: tnorm(F.dropout_add(x, r, p), w, b),
+                 "no dropout": lambda x, r, w, b: tnorm(r + x, w, b), "ours fused": fused}
+        comp, = compiled(run, comps["torch eager"])
+        if comp:
+            comps["torch.compile"] = comp
+        leaves = [t.detach().requires_grad_() for t in (x, r, w, b)]
+
+        def step(fn):
+            def go():
+                for t in leaves:
+                    t.grad = None
+                fn(*leaves).backward(g)
+            return go
+
+        fwd = {k: (lambda f=f: f(x, r, w, b)) for k, f in comps.items()}
+        if run.gpu:
+            fwd["copy_"] = lambda: y.copy_(x)
+        for label, fns in (("forward", fwd), ("forward + backward", {k: step(f) for k, f in comps.items()})):
+            m = run.timer.measure(fns, run.reps)
+            t, o = secs(m), m["ours fused"]["t"]
+            row = {"norm": kind, "dtype": d, "rows x hidden": "%dx%d" % (n_rows, hidden), "pass": label}
+            row.update({run.unit + " " + k: run.fmt(v) for k, v in t.items()})
+            row.update({"vs " + k: ratio(v, o) for k, v in t.items() if k not in ("ours fused", "copy_")})
+            if "copy_" in t:  # 4 streams against copy_'s 2
+                row["BW vs copy_"] = ratio(2 * t["copy_"], o, 3)
+            if label == "forward + backward":
+                with_leaves = [t.detach().requires_grad_() for t in (x, r, w, b)]
+                row.update({"saved B " + k: SavedBytes.of(lambda f=f: f(*with_leaves))
+                            for k, f in comps.items() if k != "torch.compile"})
+            row[run.raw_key] = raw(run, m)
+            rows.append(row)
+    return rows, None
+
+
 # ----------------------------------------------------------------------------- CPU only: ISA, curve, jemalloc
 
 def isa(run):
@@ -747,6 +817,18 @@ TABLES = {
         "gpu": [("(h) Shards: the global-index path against the plain one, p={p:g}", None,
                  [SHARD_NOTE + ", device time unless 'wall'. Goal: overhead <= 10%."])]}),
     "gpt2": (gpt2, {"gpu": [("(g) GPT-2 training step, torch's dropout against dropout_ext, p={p:g}", None, [])]}),
+    "norm": (norm, {
+        "cpu": [("Fused dropout + add + norm, p={p:g}", lambda k: not k.startswith("saved"),
+                 ["ms per call; vs X = X's time / ours fused. torch eager = norm(r + dropout(x)); ours unfused ="
+                  " norm(dropout_add(x, r)); no dropout = norm(r + x). Forward + backward(grad) with x, r, weight"
+                  " and bias leaves.", "Goals (forward + backward, float32 and bfloat16): vs torch eager >= 3,"
+                  " vs torch.compile >= 2, vs ours unfused >= 1.3, vs no dropout >= 1.0."]),
+                ("Fused norm: bytes saved for backward", lambda k: k in ("norm", "dtype", "rows x hidden")
+                 or k.startswith("saved"), ["Goal: ours fused <= numel/8 + 8 per row + 64 beside h."])],
+        "gpu": [("(i) Fused dropout + add + norm, p={p:g}", lambda k: not k.startswith("saved"),
+                 ["Device times; vs X = X's device time / ours fused; BW vs copy_: our bandwidth over copy_'s"
+                  " (4 streams against 2).", "Goals (bfloat16): forward BW vs copy_ >= 0.85; forward + backward"
+                  " vs torch eager >= 2, vs torch.compile >= 1.1."])]}),
     "isa": (isa, {"cpu": [("Forward by CPU path and thread count", None, [])]}),
     "curve": (curve, {}),  # the plot's figures, no table
 }

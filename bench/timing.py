@@ -249,10 +249,14 @@ HIDDEN = {"n", "seconds", "kernels", "losses", "step seconds"}  # JSON only, unl
 
 def table(rows, columns=None):
     """Fixed-width text table of dict rows; columns no row has are left out. columns: a list,
-    a test of a key, or None: the keys of the rows, in their order, but HIDDEN."""
+    a test of a key, or None: the keys of the rows, in their order, but HIDDEN. With a test,
+    rows that have none of the chosen keys beyond those every row has are left out."""
     if not isinstance(columns, list):
         keys = dict.fromkeys(k for r in rows for k in r)
-        columns = [k for k in keys if (columns(k) if columns else k not in HIDDEN)]
+        columns = [k for k in keys if (columns(k) if columns else True) and k not in HIDDEN]
+        common = set(keys).intersection(*rows) if rows else set()
+        if set(columns) - common:
+            rows = [r for r in rows if any(c in r for c in columns if c not in common)]
     columns = [c for c in columns if any(c in r for r in rows)]
     if not rows or not columns:
         return "(no rows)"

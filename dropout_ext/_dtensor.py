@@ -76,7 +76,7 @@ def run(c, run_local):
     bias = _bias(c.bias, input, offset, local_shape) if c.bias is not None else None
     norm = c.norm
     if norm is not None:
-        if any(pl.is_shard(input.dim() - 1) for pl in placements):
+        if any(pl.is_shard(input.dim() - 1) or pl.is_shard(-1) for pl in placements):
             raise ValueError("dropout_ext: a DTensor sharded on the normalized (last) dim is not supported; "
                              "shard a leading dim or redistribute the input")
         norm = norm.replace(*(_bias(t, input, offset, local_shape) if t is not None else None

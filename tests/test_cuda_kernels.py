@@ -1,7 +1,8 @@
 """The CUDA kernels against the CPU kernels, bit for bit: every op and dtype, every layout
 (flat kernel, tile kernel in row and tile mode), shards, both storages, the flat kernel's
 work sizes, (key, base) from the CUDA generator (Python backend and kernels agree),
-CUDA graphs, torch.func and torch.compile. Skipped (visibly) without a GPU."""
+torch.func's per-sample masks. (CUDA graphs and torch.compile on the GPU: test_transforms.py.)
+Skipped (visibly) without a GPU."""
 import pytest
 import torch
 from testing import DTYPES, HAS_TUNABLE_CUDA, assert_same_bits, backend_ctx, requires_gpu, storage_ctx
@@ -173,68 +174,12 @@ def test_seed_storage_pair_is_written_by_the_kernel():
     assert_same_bits(grads[0], grads[1])
 
 
-@pytest.mark.parametrize("storage", ["bits", "seed"])
-def test_cuda_graph_replays_every_op_fresh_masks_and_backward(storage):
-    x = torch.randn(64, 256, device="cuda", requires_grad=True)
-    r = torch.randn(64, 256, device="cuda")
-    b = torch.randn(256, device="cuda")
-
-    def step():
-        out = F.dropout(x, 0.5) + F.dropout_add(x, r, 0.3) + F.bias_dropout_add(x, b, r, 0.2) + F.dropout1d(x.view(8, 8, 256), 0.5).view(64, 256)
-        out.sum().backward()
-        return out
-
-    with storage_ctx(storage):
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(2):
-                x.grad = None
-                step()
-        torch.cuda.current_stream().wait_stream(s)
-        x.grad = None
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = step()
-        graph.replay()
-        first, g1 = out.clone(), x.grad.clone()
-        graph.replay()
-        assert not torch.equal(out, first)
-        assert not torch.equal(x.grad, g1)
-        torch.cuda.manual_seed(9)
-        graph.replay()
-        a, ga = out.clone(), x.grad.clone()
-        torch.cuda.manual_seed(9)
-        graph.replay()
-        assert_same_bits(out, a)
-        assert_same_bits(x.grad, ga)
-
-
 def test_func_grad_on_gpu():
     x = torch.randn(8, 33, device="cuda")
     g = torch.func.grad(lambda t: F.dropout(t, 0.5, seed=3).sum())(x)
     assert_same_bits(g.cpu(), F.dropout(torch.ones(8, 33), 0.5, seed=3))
     per_sample = torch.func.vmap(torch.func.grad(lambda t: F.dropout(t, 0.5).sum()), randomness="different")(x)
     assert len({tuple((row != 0).tolist()) for row in per_sample}) > 1
-
-
-def test_compile_fullgraph_on_gpu_every_op():
-    torch._dynamo.reset()
-    x = torch.randn(4, 8, 16, 16, device="cuda", requires_grad=True)
-    b = torch.randn(16, device="cuda")
-
-    def f(t):
-        return (F.dropout(t, 0.3, seed=1) + F.dropout2d(t, 0.5, seed=2) + F.bias_dropout_add(t, b, t, 0.2, seed=3)
-                + F.alpha_dropout(t, 0.2, True, seed=4))
-
-    eager = f(x)
-    compiled = torch.compile(f, fullgraph=True)(x)
-    assert_same_bits(compiled, eager)
-    (ge,) = torch.autograd.grad(eager.sum(), x)
-    (gc,) = torch.autograd.grad(compiled.sum(), x)
-    assert_same_bits(gc, ge)
-    out = torch.compile(lambda t: F.dropout(t, 0.5), fullgraph=True)(x)
-    assert out.shape == x.shape and set((out != 0).unique().tolist()) <= {True, False}
 
 
 def test_second_output_compiled_backends():

@@ -81,6 +81,9 @@ OPS = {
     # residual and bias as plain tensors of the global shape (each rank takes its slice)
     "dropout_add_plain": lambda x, r, b, **kw: F.dropout_add(x, r, 0.5, True, **kw),
     "bias_dropout_add_plain": lambda x, r, b, **kw: F.bias_dropout_add(x, b, r, 0.5, True, **kw),
+    # the fused norms: row shards only (a shard of the normalized last dim is refused, _check_errors)
+    "dropout_add_layer_norm": lambda x, r, b, **kw: F.dropout_add_layer_norm(x, r, None, None, 0.5, True, **kw),
+    "dropout_add_rms_norm": lambda x, r, b, **kw: F.dropout_add_rms_norm(x, r, None, 0.5, True, **kw),
 }
 INPLACE_OPS = ["dropout", "dropout_vanilla", "dropout1d", "dropout1d_unbatched", "dropout2d", "dropout3d",
                "alpha_dropout", "feature_alpha_dropout"]
@@ -89,6 +92,11 @@ INPLACE_OPS = ["dropout", "dropout_vanilla", "dropout1d", "dropout1d_unbatched",
 def _uses(op):
     """Which of (x, residual, bias) the op reads."""
     return (True, "add" in op, "bias" in op)
+
+
+def _takes(op, placements):
+    """Whether the op takes an input with these placements (the norms: no shard of the last dim)."""
+    return "norm" not in op or not any(pl.is_shard(-1) or pl.is_shard(2) for pl in placements)
 
 
 S0, S1, SL, R = Shard(0), Shard(1), Shard(-1), Replicate()
@@ -121,11 +129,12 @@ def _cases(world):
                 layouts, enumerate(BASES), OPS, enumerate(("seed", "none")), ("bits", "seed")):
             # each (layout, op) gets each storage with each seed mode once, on one of the two
             # shapes (the storages' shard arithmetic is the plain shards' below)
-            if storage == ("bits", "seed")[(i + j) % 2]:
+            if storage == ("bits", "seed")[(i + j) % 2] and _takes(op, layouts[layout]):
                 yield mesh_name, layout, base, op, seed_mode, storage, "compiled"
     if world == 2:  # a subset on the pure-Python backend
         for layout, op, seed_mode in itertools.product(("S0", "S-1"), OPS, ("seed", "none")):
-            yield "1d", layout, "uneven", op, seed_mode, "seed" if layout == "S0" else "bits", "python"
+            if _takes(op, MESHES[2]["1d"][1][layout]):
+                yield "1d", layout, "uneven", op, seed_mode, "seed" if layout == "S0" else "bits", "python"
 
 
 def _case_id(world, mesh, layout, base, op, seed_mode, storage, backend):
@@ -275,7 +284,13 @@ def _check_errors(mesh, device):
     except ValueError as e:
         assert "global_shape" in str(e), e
         found.append("global_shape")
-    assert found == ["Partial", "_StridedShard", "global_shape"], found
+    dt = distribute_tensor(torch.randn(4, 6, device=device), mesh, [Shard(1)], src_data_rank=None)
+    try:
+        F.dropout_add_layer_norm(dt, None, None, None, 0.5, seed=1)
+    except ValueError as e:
+        assert "normalized" in str(e), e
+        found.append("normalized dim")
+    assert found == ["Partial", "_StridedShard", "global_shape", "normalized dim"], found
 
 
 def _record(results, key, check, *args):
@@ -364,6 +379,7 @@ def world4(tmp_path_factory):
 
 
 def _assert_all_ok(results, pattern, at_least):
+    """Every case whose id matches `pattern` ran (at least `at_least` of them) and passed."""
     picked = {k: v for k, v in results.items() if re.search(pattern, k)}
     assert len(picked) >= at_least, "only %d cases matched %r" % (len(picked), pattern)
     bad = {k: v for k, v in picked.items() if v != "ok"}
@@ -376,7 +392,7 @@ def _assert_all_ok(results, pattern, at_least):
 def test_dtensor_1d_mesh_of_2(world2, op):
     """Shard(0), Shard(1), Shard(-1), Replicate(); even and uneven shapes; seed=s and
     seed=None; both backward storages."""
-    _assert_all_ok(world2, r"^w2/1d:[^/]*/[^/]*/%s/.*/compiled$" % op, 4 * 2 * 2)
+    _assert_all_ok(world2, r"^w2/1d:[^/]*/[^/]*/%s/.*/compiled$" % op, (3 if "norm" in op else 4) * 2 * 2)
 
 
 @requires_gloo
@@ -385,13 +401,15 @@ def test_dtensor_1d_mesh_of_4_and_2x2_mesh(world4, op):
     """A 1-D mesh of 4 (uneven shapes leave a rank an empty shard) and a 2x2 mesh with
     (Shard(0), Shard(1)), (Replicate(), Shard(-1)), (Shard(-1), Shard(0)), (Shard(0),
     Shard(0)) and (Shard(1), Replicate()); seed=s and seed=None, each with both storages."""
-    _assert_all_ok(world4, r"^w4/1d:[^/]*/[^/]*/%s/" % op, 3 * 2 * 2)
-    _assert_all_ok(world4, r"^w4/2x2:[^/]*/[^/]*/%s/" % op, 5 * 2 * 2)
+    norm = "norm" in op  # the norms skip the layouts that shard the last dim
+    _assert_all_ok(world4, r"^w4/1d:[^/]*/[^/]*/%s/" % op, (2 if norm else 3) * 2 * 2)
+    _assert_all_ok(world4, r"^w4/2x2:[^/]*/[^/]*/%s/" % op, (3 if norm else 5) * 2 * 2)
 
 
 @requires_gloo
 def test_dtensor_python_backend(world2):
-    _assert_all_ok(world2, r"/python$", len(OPS) * 2 * 2)
+    n_norm = sum("norm" in op for op in OPS)
+    _assert_all_ok(world2, r"/python$", (len(OPS) * 2 - n_norm) * 2)
 
 
 @requires_gloo

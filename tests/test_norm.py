@@ -431,3 +431,31 @@ def test_modules_load_torch_norm_state_and_match_functional():
     assert_same_bits(h, F.dropout_add(x, r, 0.2))
     with pytest.raises(ValueError, match="last dim only"):
         dropout_ext.nn.DropoutAddLayerNorm((4, 16))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@requires_compiled
+def test_cuda_graph_replays_draw_fresh_masks():
+    x, r, w, b, _ = _tensors((64, 512), torch.bfloat16, "cuda")
+    fn = lambda: F.dropout_add_layer_norm(x, r, w, b, 0.5, prenorm=True)  # noqa: E731
+    fn()  # warm up outside the capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, h = fn()
+    graph.replay()
+    h1 = h.clone()
+    graph.replay()
+    assert not torch.equal(h1, h)  # each replay draws a fresh mask
+    assert_close_out(out, expected_out("layer", h, w, b, 1e-5, x.dtype))
+
+
+def test_example_blocks_match_their_unfused_forms():
+    """examples/fused_norm_blocks.py: the post-norm (BERT) and pre-norm (GPT-2) blocks give
+    the unfused composition's loss and gradients, to rounding, for the same seed."""
+    import runpy
+    import os
+
+    ex = runpy.run_path(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                                     "fused_norm_blocks.py"))
+    for name in ("PostNormBlock", "PreNormBlock"):
+        ex["compare"](ex[name])
