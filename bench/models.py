@@ -18,7 +18,7 @@ began (activations, gradients, temporaries). On the GPU from torch.cuda.max_memo
 over the timed steps; on the CPU from torch.profiler's allocation events of torch's CPU
 allocator (profile_memory=True, one extra step per variant: the running sum of its
 allocations and frees). "saved MiB": the bytes autograd saves for backward in one forward
-(each storage once). Prints a markdown table; writes models.json (bench/results/ unless --out).
+(each storage once; the weights the forward saves included, so it can exceed "peak MiB"). Prints a markdown table; writes models.json (bench/results/ unless --out).
 """
 import argparse
 import copy
