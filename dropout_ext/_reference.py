@@ -337,8 +337,21 @@ def bias_dropout_add(input, bias, residual, rng, generator, p, save, global_shap
                     global_shape, global_offset, residual=residual, bias=bias)
 
 
+def _check_strides(grad, strides):
+    """The gradient's strides (those of the forward output): one entry per dim, dense."""
+    if len(strides) != grad.dim():
+        raise ValueError("dropout_ext: strides need %d entries, got %s" % (grad.dim(), list(strides)))
+    extent = 0  # sorted by stride, each must be the extent of the smaller ones plus one
+    for stride, size in sorted((st, sz) for st, sz in zip(strides, grad.shape) if sz > 1):
+        if grad.numel() and stride != extent + 1:
+            raise ValueError("dropout_ext: strides %s are not dense for shape %s" % (list(strides), list(grad.shape)))
+        extent += (size - 1) * stride
+
+
 def dropout_backward(grad, saved, p, kind, lead, global_shape=None, global_offset=None, strides=None):
     _check_call(grad, p, kind, lead, 0, global_shape, global_offset, rng=None if saved.dtype == torch.uint8 else saved)
+    if strides is not None:
+        _check_strides(grad, strides)
     if saved.dtype == torch.uint8:
         words = math.prod(tuple(grad.shape[:lead]))
         if saved.numel() != (words + 7) // 8:
