@@ -6,6 +6,7 @@ from . import _backend
 from ._backend import backward_storage, build, compiled_backends, set_backward_storage
 from . import functional, nn
 from ._convert import convert
+from . import integrations
 
-__all__ = ["functional", "nn", "convert", "compiled_backends", "backward_storage", "set_backward_storage", "build",
+__all__ = ["functional", "nn", "convert", "integrations", "compiled_backends", "backward_storage", "set_backward_storage", "build",
            "__version__"]

@@ -3,3 +3,6 @@
 
     dropout_ext.integrations.transformers.apply(model)   # Hugging Face transformers
 """
+from . import transformers  # imports no transformers itself: that happens when apply() runs
+
+__all__ = ["transformers"]
