@@ -4,7 +4,7 @@
 //
 // Rows are handled by groups of threads: a warp per row when rows are short (at most
 // kNormWarpUnits units of 8 elements; kNormWarpRows rows per block), else the whole block
-// (64 to kNormMaxThreads threads, about kNormUnitsPerThread units each). Thread `lane` of
+// (64 to norm_max_threads threads, about kNormUnitsPerThread units each). Thread `lane` of
 // a group takes the units u = lane + k * group of its row, k < kmax, every pass over the
 // row in the same order, so what it keeps between passes (a row cache, the column sums)
 // is its own: it reads back only what it wrote, and no barrier guards those.
@@ -49,7 +49,11 @@
 namespace dropout_ext {
 namespace cuda {
 
-constexpr int kNormMaxThreads = 512;        // a block's threads (block mode), __launch_bounds__
+// A block's threads at most (block mode), its kernels' __launch_bounds__: 512 (128 registers
+// a thread), 256 for float64 (whose kernels need more than 128 registers without spilling).
+constexpr int kNormMaxThreads = 512;
+constexpr int kNormMaxThreads64 = 256;
+constexpr int norm_max_threads(int64_t acc_bytes) { return acc_bytes == 8 ? kNormMaxThreads64 : kNormMaxThreads; }
 constexpr int kNormWarpRows = 8;            // warp mode: rows (warps) per block
 constexpr int64_t kNormWarpUnits = 64;      // warp mode up to this many units per row (512 elements)
 constexpr int64_t kNormUnitsPerThread = 2;  // block mode: the group size aims at this many units per thread
@@ -80,6 +84,30 @@ struct NormPlan {
 };
 
 // ------------------------------------------------------------------ element access
+
+// keep8 (kernel_common.cuh) with one Philox block live at a time: the bits of words w .. w+7
+// from the two or three blocks that cover them, each reduced to its bits before the next is
+// drawn (fewer registers than holding the twelve words).
+DX_DEV uint32_t keep8_lean(const MaskParams& m, uint64_t w) {
+  if (m.drop_all) return 0u;
+  if (m.keep_all) return 0xFFu;
+  const uint64_t j = w >> 2;
+  const int s = static_cast<int>(w & 3);
+  uint32_t r = 0;
+#if defined(__CUDA_ARCH__)
+#pragma unroll 1
+#endif
+  for (int b = 0; b < 3; ++b) {
+    if (b == 2 && s == 0) break;
+    const Philox4 blk = philox_block(m, j + b);
+    uint32_t k4 = 0;
+DX_UNROLL
+    for (int q = 0; q < 4; ++q) k4 |= static_cast<uint32_t>(blk.v[q] >= m.threshold) << q;
+    const int at = 4 * b - s;  // bit of word 0 of this block in the result
+    r |= at >= 0 ? k4 << at : k4 >> -at;
+  }
+  return r & 0xFFu;
+}
 
 // 8 elements of type E at p as A: one vector access when vec, else the first n (the rest 0).
 template <typename E, typename A, class C>
@@ -167,9 +195,8 @@ struct NormLane {
 template <typename T, typename TH, class C>
 DX_DEV void norm_fwd_body(const C& c, const NormArgs& a, const NormPlan& p, unsigned char* smem) {
   using A = at::opmath_type<T>;
-  // Units whose loads are issued together (before their Philox rounds): 2, 1 for float64
-  // (registers: ptxas spills at 2 within the 128 that kNormMaxThreads leaves).
-  constexpr int KB = sizeof(A) == 8 ? 1 : 2;
+  // Units whose loads are issued together, before their Philox rounds.
+  constexpr int KB = 2;
   const MaskParams m = resolve_mask(c, a);
   const A scale = sizeof(A) == 8 ? static_cast<A>(m.scale_d) : static_cast<A>(m.scale_f);
   const NormLane L(c, p);
@@ -213,7 +240,7 @@ DX_UNROLL
         if (!(k0 + i < p.kmax && u < p.units)) continue;
         const int64_t c0 = u * kUnit;
         const int nv = static_cast<int>(H - c0 < kUnit ? H - c0 : kUnit);
-        uint32_t keep = keep8(m, w0 + static_cast<uint64_t>(c0));
+        uint32_t keep = keep8_lean(m, w0 + static_cast<uint64_t>(c0));
         if (nv < kUnit) keep &= (1u << nv) - 1u;
         if (a.bits_out) {
           if (p.bits_plain) a.bits_out[(b0 + c0) >> 3] = static_cast<uint8_t>(keep);
@@ -310,7 +337,7 @@ template <typename T, typename TH, class C>
 DX_DEV void norm_bwd_body(const C& c, const NormArgs& a, const NormPlan& p, unsigned char* smem,
                           at::opmath_type<T>* partials) {
   using A = at::opmath_type<T>;
-  constexpr int KB = 1;  // 2 spills registers (dy and h of two units, the column sums)
+  constexpr int KB = 1;  // 2 spills registers within 128 (dy and h of two units, the column sums)
   const bool drawn = a.bits_in == nullptr;
   const MaskParams m = resolve_mask(c, a);
   const A scale = sizeof(A) == 8 ? static_cast<A>(m.scale_d) : static_cast<A>(m.scale_f);
@@ -371,6 +398,17 @@ DX_UNROLL
         if (!(k0 + i < p.kmax && u < p.units)) continue;
         const int64_t c0 = u * kUnit;
         const int nv = static_cast<int>(H - c0 < kUnit ? H - c0 : kUnit);
+        if (cdy) {  // the values as loaded (the tail's missing elements are 0)
+          Unit<T> du;
+          Unit<TH> hu;
+DX_UNROLL
+          for (int q = 0; q < kUnit; ++q) {
+            du.v[q] = static_cast<T>(dv[i][q]);
+            hu.v[q] = static_cast<TH>(hv[i][q]);
+          }
+          c.store_unit(cdy + c0, du);
+          c.store_unit(ch + c0, hu);
+        }
         A wv[kUnit];
         if (a.weight) load8_tf<T>(c, a.weight, a.param_f32, c0, vec, nv, wv);
         A dxh[kUnit];
@@ -386,17 +424,6 @@ DX_UNROLL
         }
         if (p.sum_w >= 0) acc_add(c, acc + p.sum_w * p.hpad, c0, dxh);
         if (p.sum_b >= 0) acc_add(c, acc + p.sum_b * p.hpad, c0, dv[i]);
-        if (cdy) {  // the values as loaded (the tail's missing elements are 0)
-          Unit<T> du;
-          Unit<TH> hu;
-DX_UNROLL
-          for (int q = 0; q < kUnit; ++q) {
-            du.v[q] = static_cast<T>(dv[i][q]);
-            hu.v[q] = static_cast<TH>(hv[i][q]);
-          }
-          c.store_unit(cdy + c0, du);
-          c.store_unit(ch + c0, hu);
-        }
       }
     }
     A t[2] = {sg, sgx};
@@ -411,6 +438,7 @@ DX_UNROLL
       if (u >= p.units) break;
       const int64_t c0 = u * kUnit;
       const int nv = static_cast<int>(H - c0 < kUnit ? H - c0 : kUnit);
+      const uint32_t keep = drawn ? keep8_lean(m, w0 + static_cast<uint64_t>(c0)) : read8(a.bits_in, nbits, b0 + c0);
       A dv[kUnit], hv[kUnit], wv[kUnit], gv[kUnit];
       if (cdy) {
         load8(c, cdy + c0, true, kUnit, dv);
@@ -421,7 +449,6 @@ DX_UNROLL
       }
       if (a.weight) load8_tf<T>(c, a.weight, a.param_f32, c0, vec, nv, wv);
       if (ghr) load8(c, ghr + c0, vec, nv, gv);
-      uint32_t keep = drawn ? keep8(m, w0 + static_cast<uint64_t>(c0)) : read8(a.bits_in, nbits, b0 + c0);
       A dh[kUnit], dx[kUnit];
 DX_UNROLL
       for (int q = 0; q < kUnit; ++q) {

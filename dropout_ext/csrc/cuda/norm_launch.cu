@@ -35,13 +35,14 @@ using namespace ::dropout_ext::cuda;
 namespace {
 
 template <typename T, typename TH>
-__global__ void __launch_bounds__(kNormMaxThreads) norm_fwd_kernel(const __grid_constant__ NormArgs a, const __grid_constant__ NormPlan p) {
+__global__ void __launch_bounds__(norm_max_threads(sizeof(at::opmath_type<T>)))
+    norm_fwd_kernel(const __grid_constant__ NormArgs a, const __grid_constant__ NormPlan p) {
   extern __shared__ __align__(64) unsigned char norm_smem[];
   norm_fwd_body<T, TH>(DeviceCtx(), a, p, norm_smem);
 }
 
 template <typename T, typename TH>
-__global__ void __launch_bounds__(kNormMaxThreads)
+__global__ void __launch_bounds__(norm_max_threads(sizeof(at::opmath_type<T>)))
     norm_bwd_kernel(const __grid_constant__ NormArgs a, const __grid_constant__ NormPlan p,
                     at::opmath_type<T>* partials) {
   extern __shared__ __align__(64) unsigned char norm_smem[];

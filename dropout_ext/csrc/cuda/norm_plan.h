@@ -56,7 +56,7 @@ inline NormPlan norm_plan(const NormArgs& a, bool backward, int64_t budget) {
     p.rows_per_block = kNormWarpRows;
   } else {
     const int64_t want = norm_round_up((p.units + kNormUnitsPerThread - 1) / kNormUnitsPerThread, 32);
-    p.group = static_cast<int>(std::min<int64_t>(kNormMaxThreads, std::max<int64_t>(64, want)));
+    p.group = static_cast<int>(std::min<int64_t>(norm_max_threads(asize), std::max<int64_t>(64, want)));
     p.rows_per_block = 1;
   }
   p.threads = p.group * p.rows_per_block;
