@@ -4,17 +4,21 @@
 // __syncthreads, warp shuffles, atomics, checked 16-byte accesses) and run_blocks, which
 // runs a grid block after block with the block's threads as fibers.
 //
-// A block's threads are fibers (ucontext) that a scheduler resumes in turn up to their next
-// wait: c.sync() (__syncthreads) or one of the two halves of c.shfl_xor() (a lane writes its
-// value to its slot and waits; then reads its partner's and waits again, so the slot is not
-// overwritten before every lane of the warp has read it). So a barrier is complete when
-// every thread has reached it. After each round the scheduler checks that the waits agree:
-// every thread still running of the block at a __syncthreads, or none; every lane of a warp
-// at a shuffle, or none (a kernel whose threads diverge around a barrier or a shuffle fails
-// with a message instead of passing by accident). The block's shared memory is poisoned
-// before each block. Under AddressSanitizer, which does not follow fiber stacks, the threads
-// are OS threads at real barriers (one per block, one per warp for shuffles), without the
-// agreement check.
+// A block's threads are fibers (ucontext) that a scheduler resumes up to their next wait:
+// c.sync() (__syncthreads) or one of the two halves of c.shfl_xor() (a lane writes its value
+// to its slot and waits; then reads its partner's and waits again, so the slot is not
+// overwritten before every lane of the warp has read it). The scheduler runs one warp at a
+// time as far as it goes, resuming its lanes in turn at each shuffle once all 32 are there,
+// up to a __syncthreads or its end, then the next warp (in ascending order in even blocks,
+// descending in odd ones, so that shared memory shared between warps without a barrier
+// shows up as wrong results), and releases the __syncthreads once every thread still
+// running is there (threads that returned do not count, as on the GPU). It fails the launch
+// with a message, instead of passing by accident, where the GPU would hang or be undefined:
+// a shuffle that not every lane of the warp reaches, threads that meet at different
+// __syncthreads (counted per thread), or threads that cannot go on. The block's shared
+// memory is poisoned before each block. Under AddressSanitizer, which does not follow fiber
+// stacks, the threads are OS threads at real barriers (one per block, one per warp for
+// shuffles), without these checks.
 #pragma once
 
 #include <atomic>
@@ -71,24 +75,24 @@ struct Errors {
   }
 };
 
-enum Wait : uint8_t { kRunning = 0, kAtSync = 1, kAtShuffle = 2 };
+enum Wait : uint8_t { kReady = 0, kAtSync = 1, kAtShuffle = 2 };
 
 #if defined(DX_EMU_FIBERS)
-// A block's threads as fibers: a wait returns to the scheduler, which resumes every thread
-// still running once all of them have yielded.
+// A block's threads as fibers: a wait returns to the scheduler (run_blocks).
 struct Fibers {
   static constexpr size_t kStack = 64 * 1024;
-  explicit Fibers(int n) : threads(n), ctx(n), done(n), wait(n), stacks(new char[kStack * n]) {}
+  explicit Fibers(int n) : threads(n), ctx(n), done(n), wait(n), syncs(n), stacks(new char[kStack * n]) {}
   int threads;
   ucontext_t sched;
   std::vector<ucontext_t> ctx;
   std::vector<uint8_t> done, wait;
+  std::vector<int64_t> syncs;  // __syncthreads passed, per thread
   std::unique_ptr<char[]> stacks;
   std::function<void(int)> body;
   void yield(int t, Wait w) {
     wait[t] = w;
+    if (w == kAtSync) ++syncs[t];
     swapcontext(&ctx[t], &sched);
-    wait[t] = kRunning;
   }
 };
 #else
@@ -175,20 +179,41 @@ inline void fiber_entry(int t) {
   f->done[t] = 1;  // then uc_link returns to the scheduler
 }
 
-// After a round: do the threads' waits agree (see the top of this file)?
-inline const char* wait_disagreement(const Fibers& f) {
-  bool any_sync = false, all_sync = true;
+// A warp whose lanes all wait at a shuffle may go on (kReady); true when it may. Fails when
+// only some of its running lanes are there.
+inline bool release_warp(Fibers& f, int w0, const char** why) {
+  int at = 0, lanes = 0, ready = 0;
+  for (int t = w0; t < w0 + 32 && t < f.threads; ++t, ++lanes) {
+    if (f.done[t]) continue;
+    at += f.wait[t] == kAtShuffle;
+    ready += f.wait[t] == kReady;
+  }
+  if (at == 0) return ready > 0;
+  if (at != lanes) {
+    *why = "warp shuffle not reached by every lane of the warp";
+    return false;
+  }
+  for (int t = w0; t < w0 + lanes; ++t) f.wait[t] = kReady;
+  return true;
+}
+
+// Every thread waiting at a __syncthreads may go on once all the running ones are there.
+// Returns why the block cannot go on, or nullptr.
+inline const char* release_sync(Fibers& f) {
+  int running = 0, at_sync = 0;
+  int64_t n = -1;
+  bool same = true;
   for (int t = 0; t < f.threads; ++t) {
     if (f.done[t]) continue;
-    any_sync = any_sync || f.wait[t] == kAtSync;
-    all_sync = all_sync && f.wait[t] == kAtSync;
+    ++running;
+    at_sync += f.wait[t] == kAtSync;
+    if (n >= 0 && f.syncs[t] != n) same = false;
+    n = f.syncs[t];
   }
-  if (any_sync && !all_sync) return "__syncthreads not reached by every running thread of the block";
-  for (int w0 = 0; w0 < f.threads; w0 += 32) {
-    int at = 0, lanes = 0;
-    for (int t = w0; t < w0 + 32 && t < f.threads; ++t, ++lanes) at += !f.done[t] && f.wait[t] == kAtShuffle;
-    if (at != 0 && at != lanes) return "warp shuffle not reached by every lane of the warp";
-  }
+  if (running == 0) return nullptr;
+  if (at_sync != running) return "__syncthreads not reached by every running thread of the block";
+  if (!same) return "threads meet at different __syncthreads";
+  for (int t = 0; t < f.threads; ++t) f.wait[t] = kReady;
   return nullptr;
 }
 #endif
@@ -205,7 +230,8 @@ void run_blocks(Errors& err, int64_t blocks, int threads, void* shared, size_t s
     f->body = [&, b](int t) { body(HostCtx{t, b, blocks, nullptr, &err, f.get(), xchg.data()}); };
     for (int t = 0; t < threads; ++t) {
       f->done[t] = 0;
-      f->wait[t] = kRunning;
+      f->wait[t] = kReady;
+      f->syncs[t] = 0;
       getcontext(&f->ctx[t]);
       f->ctx[t].uc_stack.ss_sp = f->stacks.get() + Fibers::kStack * t;
       f->ctx[t].uc_stack.ss_size = Fibers::kStack;
@@ -214,18 +240,26 @@ void run_blocks(Errors& err, int64_t blocks, int threads, void* shared, size_t s
     }
     Fibers* prev = current_fibers;
     current_fibers = f.get();
-    for (bool running = true; running;) {  // one round per wait
-      running = false;
-      for (int t = 0; t < threads; ++t) {
-        if (f->done[t]) continue;
-        swapcontext(&f->sched, &f->ctx[t]);
-        running = running || !f->done[t];
+    // Warp by warp, each as far as it goes (to a __syncthreads or its end) before the next,
+    // in ascending order in even blocks and descending in odd ones: a warp that reads
+    // shared memory another warp writes without a barrier between them sees the wrong
+    // value in one of the two orders. Then the barrier, when every running thread is at it.
+    const int nwarps = (threads + 31) / 32;
+    const char* why = nullptr;
+    for (;;) {
+      for (int i = 0; i < nwarps && !why; ++i) {
+        const int w0 = 32 * (b % 2 == 0 ? i : nwarps - 1 - i);
+        while (!why && release_warp(*f, w0, &why)) {
+          for (int t = w0; t < w0 + 32 && t < threads; ++t)
+            if (!f->done[t] && f->wait[t] == kReady) swapcontext(&f->sched, &f->ctx[t]);
+        }
       }
-      if (const char* why = running ? wait_disagreement(*f) : nullptr) {
-        err.fail(why);  // the threads still waiting are dropped with their fibers
-        break;
-      }
+      if (!why) why = release_sync(*f);
+      bool running = false;
+      for (int t = 0; t < threads && !running; ++t) running = !f->done[t];
+      if (why || !running) break;
     }
+    if (why) err.fail(why);  // the threads still waiting are dropped with their fibers
     current_fibers = prev;
   }
 #else
