@@ -243,3 +243,27 @@ def test_paths(budget):
     want |= {("b", warp, vec, cache, acc) for warp in (True, False) for vec in (True, False)
              for cache in (True, False) for acc in (True, False)}
     assert want <= seen, sorted(want - seen)
+
+
+def test_generator_draw_and_autograd():
+    """rng=None: (key, base) drawn from the generator as the oracle draws them; and the
+    autograd formula over the emulated kernels gives the oracle's gradients."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, 200, generator=g, dtype=torch.float64)
+    r = torch.randn(6, 200, generator=g, dtype=torch.float64)
+    w, b = torch.randn(200, generator=g, dtype=torch.float64), torch.randn(200, generator=g, dtype=torch.float64)
+    got = ops().dropout_add_norm(x, r, w, b, None, None, torch.Generator().manual_seed(9), 0.4, EPS, False, False,
+                                 2)
+    exp = ref.dropout_add_norm(x, r, w, b, None, None, torch.Generator().manual_seed(9), 0.4, EPS, False, False, 2)
+    _same_bits(got[4], exp[4], "drawn (key, base)")
+    _same_bits(got[1], exp[1], "h")
+    leaves = [t.clone().requires_grad_() for t in (x, r, w, b)]
+    rng = got[4]
+    out, h, _, _, _ = ops().dropout_add_norm(*leaves, None, rng, None, 0.4, EPS, False, False, 1)
+    dy, dh = torch.randn_like(out), torch.randn_like(h)
+    grads = torch.autograd.grad((out, h), leaves, (dy, dh))
+    exp_leaves = [t.clone().requires_grad_() for t in (x, r, w, b)]
+    eout, eh, _, _, _ = ref.dropout_add_norm(*exp_leaves, None, rng, None, 0.4, EPS, False, False, 1)
+    exp_grads = torch.autograd.grad((eout, eh), exp_leaves, (dy, dh))
+    for name, a, e in zip(("input", "residual", "weight", "bias"), grads, exp_grads):
+        _close(a, e, torch.float64, "grad " + name, scale=10)
