@@ -74,7 +74,7 @@ def test_the_emulator_is_the_testing_namespace_not_a_cpu_isa():
     """cpu_isa_ctx("cuda-emu") runs the API on dropout_ext_testing (same schemas, no fast
     entry points) and leaves the product's CPU path alone."""
     assert _namespace_ops("dropout_ext_testing") == PUBLIC_OPS - {"_cpu_isa", "_cpu_isas_supported"} | {
-        "philox4x32_10", "set_cuda_tuning", "cuda_tuning"}
+        "philox4x32_10", "set_cuda_tuning", "cuda_tuning", "set_norm_smem_budget", "norm_last_plan"}
     for name in PUBLIC_OPS - {"_cpu_isa", "_cpu_isas_supported"}:
         testing = getattr(torch.ops.dropout_ext_testing, name).default
         product = getattr(torch.ops.dropout_ext, name).default

@@ -15,6 +15,8 @@
 #include <ATen/cuda/EmptyTensor.h>
 #endif
 
+#include <algorithm>
+#include <cmath>
 #include <optional>
 #include <string>
 #include <vector>
@@ -95,8 +97,8 @@ void check_global(const Tensor& input, const OptInts& shape, const OptInts& offs
 
 void check_rng(const Tensor& rng, const Tensor& input) {
   TORCH_CHECK(rng.scalar_type() == at::kLong && rng.numel() == 2,
-              "dropout_ext: rng must be an int64 tensor of two elements (key, base), got ", rng.scalar_type(), " with ",
-              rng.numel(), " elements");
+              "dropout_ext: rng must be an int64 tensor of two elements (key, base), got ", dtype_name(rng.scalar_type()),
+              " with ", rng.numel(), " elements");
   TORCH_CHECK(rng.device().is_cpu() || rng.device() == input.device(),
               "dropout_ext: rng must be on the CPU or on the input's device ", input.device(), ", got ", rng.device());
 }
@@ -306,10 +308,16 @@ void run_mask_pass(const PassArgs& data, const Call& c, uint8_t* bits, int64_t w
 // rounded up to whole 32-bit words (the sizes are then set back, no view), because the
 // tile kernel ORs bits in with 32-bit atomics on the aligned word that holds a byte
 // (cuda/kernel_common.cuh, or_bits).
-Tensor bit_buffer(int64_t words, const at::Device& device) {
+// `zeroed`: the whole allocation is zeroed first (the kernels that OR their bits in).
+Tensor bit_buffer(int64_t words, const at::Device& device, bool zeroed = false) {
   const int64_t bytes = (words + 7) / 8;
-  if (!device.is_cuda()) return empty_1d(bytes, at::kByte, device);
+  if (!device.is_cuda()) {
+    Tensor t = empty_1d(bytes, at::kByte, device);
+    if (zeroed) t.zero_();
+    return t;
+  }
   Tensor t = empty_1d((bytes + 3) / 4 * 4, at::kByte, device);
+  if (zeroed) t.zero_();
   t.unsafeGetTensorImpl()->set_sizes_contiguous({bytes});
   return t;
 }
@@ -487,6 +495,316 @@ Tensor dropout_backward_kernel(const Tensor& grad, const Tensor& saved, double p
   return out;
 }
 
+// --------------------------------------------------- fused dropout + add + norm (rows)
+// csrc/norm_args.h. Every check of _reference.check_norm_call, with its exception types
+// and texts, runs before anything is allocated, drawn or written. The operands are seen
+// as (rows, hidden) matrices with a row stride; outputs are contiguous.
+
+namespace {
+
+bool is_16bit(at::ScalarType s) { return s == at::kHalf || s == at::kBFloat16; }
+
+at::ScalarType norm_acc(at::ScalarType s) { return s == at::kDouble ? at::kDouble : at::kFloat; }
+
+bool given(const OptTensor& t) { return t.has_value() && t->defined(); }
+
+// dtype and device of an operand of `ref` (named `ref_name` in the texts); `or_f32`: float32
+// is allowed besides ref's dtype.
+void check_norm_operand(const Tensor& ref, const char* ref_name, const Tensor& t, const char* name, bool or_f32) {
+  check_floating(t, name);
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type() || (or_f32 && t.scalar_type() == at::kFloat),
+                   "dropout_ext: ", name, " must have the ", ref_name, "'s dtype ", dtype_name(ref.scalar_type()),
+                   or_f32 ? " or float32" : "", ", got ", dtype_name(t.scalar_type()));
+  TORCH_CHECK(t.device() == ref.device(), "dropout_ext: ", name, " must be on the ", ref_name, "'s device ",
+              ref.device(), ", got ", t.device());
+}
+
+// weight, bias, input_bias: 1-D of the last dim.
+void check_norm_param(const Tensor& ref, const char* ref_name, const Tensor& t, const char* name, bool or_f32) {
+  check_norm_operand(ref, ref_name, t, name, or_f32);
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == ref.size(-1), "dropout_ext: ", name, " must be 1-D with the ", ref_name,
+              "'s last dimension (", ref.size(-1), "), got shape ", t.sizes());
+}
+
+void check_norm_shard(const Tensor& input, const OptInts& gs, const OptInts& go) {
+  check_global(input, gs, go);
+  if (!gs) return;
+  TORCH_CHECK_VALUE(gs->back() == input.size(-1) && go->back() == 0,
+                    "dropout_ext: a shard of the normalized (last) dim is not supported: global_shape[-1] must be the "
+                    "input's last dim (", input.size(-1), ") and global_offset[-1] 0, got ", *gs, " and ", *go);
+}
+
+int64_t leading_rows(const Tensor& t) {
+  int64_t n = 1;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) n *= t.size(d);
+  return n;
+}
+
+// The global row of each local row of a shard (norm_args.h, RowMap): the leading dims of
+// size 1 are dropped and neighbours merged where the inner one is whole in the global
+// shape, so that any number of dims fits unless more than kNormMaxLead of them are cut.
+RowMap norm_rowmap(const Tensor& input, const OptInts& gs, const OptInts& go) {
+  RowMap m;
+  if (!gs) return m;
+  const int64_t lead = input.dim() - 1;
+  std::vector<int64_t> gstride(lead);
+  int64_t s = 1;
+  for (int64_t d = lead - 1; d >= 0; --d) {
+    gstride[d] = s;
+    s *= (*gs)[d];
+  }
+  std::vector<int64_t> size, stride;
+  for (int64_t d = 0; d < lead; ++d) {
+    m.first += (*go)[d] * gstride[d];
+    const int64_t n = input.size(d);
+    if (n == 1) continue;
+    if (!size.empty() && stride.back() == gstride[d] * n) {
+      size.back() *= n;
+      stride.back() = gstride[d];
+    } else {
+      size.push_back(n);
+      stride.push_back(gstride[d]);
+    }
+  }
+  TORCH_CHECK(static_cast<int64_t>(size.size()) <= kNormMaxLead, "dropout_ext: the fused norm ops take a shard whose "
+              "leading dims merge into at most ", kNormMaxLead, " dims, got the input (shape ", input.sizes(),
+              ") at global_offset ", *go, " of global_shape ", *gs);
+  if (size.empty()) {  // one row
+    size.push_back(1);
+    stride.push_back(1);
+  }
+  m.nlead = static_cast<int>(size.size());
+  for (int d = 0; d < m.nlead; ++d) {
+    m.size[d] = size[d];
+    m.gstride[d] = stride[d];
+  }
+  return m;
+}
+
+// t as a (rows, hidden) matrix, element (r, c) at data + r * *rs + c: t itself when its
+// last dim is contiguous and its leading dims collapse into one row stride (0: expanded),
+// else its contiguous copy.
+Tensor as_rows(const Tensor& t, int64_t* rs) {
+  const int64_t nd = t.dim();
+  const int64_t hidden = t.size(nd - 1);
+  bool ok = hidden <= 1 || t.stride(nd - 1) == 1;
+  int64_t row = -1, inner = 1;
+  for (int64_t d = nd - 2; ok && d >= 0; --d) {
+    const int64_t n = t.size(d);
+    if (n == 1) continue;
+    if (row < 0) row = t.stride(d);  // the innermost leading dim that is not 1
+    else ok = t.stride(d) == row * inner;
+    inner *= n;
+  }
+  if (!ok) {
+    *rs = hidden;
+    return t.contiguous();
+  }
+  *rs = row < 0 ? hidden : row;
+  return t;
+}
+
+// A tiny (hidden,) parameter, contiguous and in `dtype`.
+Tensor norm_param(const OptTensor& t, at::ScalarType dtype) {
+  if (!given(t)) return Tensor();
+  Tensor c = t->contiguous();
+  return c.scalar_type() == dtype ? c : c.to(dtype);
+}
+
+Tensor empty_contiguous(at::IntArrayRef sizes, at::ScalarType dtype, const at::Device& device) {
+  std::vector<int64_t> strides(sizes.size());
+  int64_t s = 1;
+  for (int64_t d = static_cast<int64_t>(sizes.size()) - 1; d >= 0; --d) {
+    strides[d] = s;
+    s *= std::max<int64_t>(sizes[d], 1);
+  }
+  return empty_strided_on(sizes, strides, dtype, device);
+}
+
+void run_norm(NormArgs& a, const at::Device& device, bool forward) {
+  if (device.is_cpu()) return forward ? cpu_norm_forward(a) : cpu_norm_backward(a);
+#ifdef DROPOUT_EXT_WITH_CUDA
+  if (device.is_cuda()) return forward ? cuda_norm_forward(a) : cuda_norm_backward(a);
+#endif
+  TORCH_CHECK(false, "dropout_ext: no kernel for device ", device);
+}
+
+}  // namespace
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dropout_add_norm_kernel(
+    const Tensor& input, const OptTensor& residual, const OptTensor& weight, const OptTensor& bias,
+    const OptTensor& input_bias, const OptTensor& rng, const OptGenerator& gen, double p, double eps, bool rms,
+    bool residual_in_fp32, int64_t save, OptInts gs, OptInts go) {
+  // _reference.check_norm_call, in its order
+  check_floating(input, "input");
+  TORCH_CHECK(input.dim() >= 1, "dropout_ext: the normalized input needs at least 1 dim, got a 0-dim tensor");
+  check_p(p);
+  check_save(save);
+  if (given(residual)) {
+    check_norm_operand(input, "input", *residual, "residual", residual_in_fp32);
+    TORCH_CHECK(residual->sizes() == input.sizes(), "dropout_ext: residual must have the input's shape ",
+                input.sizes(), ", got ", residual->sizes());
+  }
+  if (given(weight)) check_norm_param(input, "input", *weight, "weight", true);
+  if (given(bias)) check_norm_param(input, "input", *bias, "bias", true);
+  if (given(input_bias)) check_norm_param(input, "input", *input_bias, "input_bias", false);
+  check_norm_shard(input, gs, go);
+  if (given(rng)) check_rng(*rng, input);
+  check_generator(gen, input);
+  NormArgs a;
+  a.rowmap = norm_rowmap(input, gs, go);
+
+  c10::OptionalDeviceGuard guard(input.device());
+  const at::Device device = input.device();
+  const at::ScalarType dt = input.scalar_type(), acc = norm_acc(dt);
+  const bool half = is_16bit(dt);
+  const int64_t hidden = input.size(-1), rows = leading_rows(input), numel = rows * hidden;
+  a.dtype = dtype_of(input);
+  a.h_f32 = half && residual_in_fp32;
+  a.res_f32 = half && given(residual) && residual->scalar_type() == at::kFloat;
+  // weight and bias in one dtype: float32 if either is (a 16-bit one converts exactly)
+  a.param_f32 = half && ((given(weight) && weight->scalar_type() == at::kFloat) ||
+                         (given(bias) && bias->scalar_type() == at::kFloat));
+  a.rms = rms;
+  a.rows = rows;
+  a.hidden = hidden;
+  a.eps = eps;
+  const Tensor x = as_rows(input, &a.x_rs);
+  const Tensor r = given(residual) ? as_rows(*residual, &a.res_rs) : Tensor();
+  const Tensor w = norm_param(weight, a.param_f32 ? at::kFloat : dt);
+  const Tensor b = norm_param(bias, a.param_f32 ? at::kFloat : dt);
+  const Tensor ib = norm_param(input_bias, dt);
+  Tensor out = empty_contiguous(input.sizes(), dt, device);
+  Tensor h = empty_contiguous(input.sizes(), a.h_f32 ? at::kFloat : dt, device);
+  Tensor mean = empty_1d(rms ? 0 : rows, acc, device);
+  Tensor rstd = empty_1d(rows, acc, device);
+  Tensor saved;
+  Call c = make_call(Op::DropoutAdd, input, rng, gen, p, 0, input.dim(), save, gs, go);
+  PassArgs pa;
+  set_rng(pa, c, save == kSaveRng ? &saved : nullptr);  // drawn even for p == 0, as dropout_add draws
+  a.mask = pa.mask;
+  a.rng = pa.rng;
+  a.rng_out = pa.rng_out;
+  if (save == kSaveBits) {
+    saved = bit_buffer(numel, device, /*zeroed=*/device.is_cuda());  // the CPU kernels write every byte
+    a.bits_out = saved.data_ptr<uint8_t>();
+  } else if (save == kSaveNone) {
+    saved = empty_1d(0, at::kByte, device);
+  }
+  a.x = x.data_ptr();
+  a.residual = r.defined() ? r.data_ptr() : nullptr;
+  a.input_bias = ib.defined() ? ib.data_ptr() : nullptr;
+  a.weight = w.defined() ? w.data_ptr() : nullptr;
+  a.bias = b.defined() && !rms ? b.data_ptr() : nullptr;
+  a.out = out.data_ptr();
+  a.h = h.data_ptr();
+  a.mean = rms ? nullptr : mean.data_ptr();
+  a.rstd = rstd.data_ptr();
+  if (numel == 0) {
+    // Rows of no elements: mean 0 and rstd 1 / sqrt(eps), as the reference gives them.
+    if (rows > 0) {
+      if (!rms) mean.zero_();
+      rstd.fill_(acc == at::kDouble ? 1.0 / std::sqrt(eps) : 1.0f / std::sqrt(static_cast<float>(eps)));
+    }
+    // A launch with no element only writes the resolved (key, base) (CUDA, save 2).
+    if (!a.rng_out) return {out, h, mean, rstd, saved};
+  }
+  run_norm(a, device, true);
+  return {out, h, mean, rstd, saved};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dropout_add_norm_backward_kernel(
+    const Tensor& grad_out, const OptTensor& grad_h, const Tensor& h, const OptTensor& weight, const OptTensor& bias,
+    const Tensor& mean, const Tensor& rstd, const Tensor& saved, double p, bool rms, bool input_bias_grad, OptInts gs,
+    OptInts go) {
+  check_floating(grad_out, "grad_out");
+  TORCH_CHECK(grad_out.dim() >= 1, "dropout_ext: grad_out needs at least 1 dim, got a 0-dim tensor");
+  check_p(p);
+  const at::ScalarType dt = grad_out.scalar_type(), acc = norm_acc(dt);
+  const bool half = is_16bit(dt);
+  const int64_t hidden = grad_out.size(-1), rows = leading_rows(grad_out), numel = rows * hidden;
+  check_norm_operand(grad_out, "grad_out", h, "h", half);
+  TORCH_CHECK(h.sizes() == grad_out.sizes(), "dropout_ext: h must have grad_out's shape ", grad_out.sizes(), ", got ",
+              h.sizes());
+  if (given(grad_h)) {
+    check_norm_operand(h, "h", *grad_h, "grad_h", false);
+    TORCH_CHECK(grad_h->sizes() == grad_out.sizes(), "dropout_ext: grad_h must have grad_out's shape ",
+                grad_out.sizes(), ", got ", grad_h->sizes());
+  }
+  if (given(weight)) check_norm_param(grad_out, "grad_out", *weight, "weight", true);
+  if (given(bias)) check_norm_param(grad_out, "grad_out", *bias, "bias", true);
+  for (const Tensor* t : {&mean, &rstd}) {
+    const char* name = t == &mean ? "mean" : "rstd";
+    const int64_t n = t == &mean && rms ? 0 : rows;
+    TORCH_CHECK(t->scalar_type() == acc && t->device() == grad_out.device() && t->dim() == 1 && t->size(0) == n,
+                "dropout_ext: ", name, " must be a ", dtype_name(acc), " tensor of shape [", n, "] on ",
+                grad_out.device(), ", got ", dtype_name(t->scalar_type()), " of shape ", t->sizes(), " on ",
+                t->device());
+  }
+  const bool from_bits = saved.scalar_type() == at::kByte;
+  if (from_bits) {
+    TORCH_CHECK(saved.numel() == (numel + 7) / 8, "dropout_ext: saved bits must hold ", (numel + 7) / 8,
+                " bytes, got ", saved.numel());
+    TORCH_CHECK(saved.device() == grad_out.device(), "dropout_ext: saved bits must be on ", grad_out.device(),
+                ", got ", saved.device());
+  } else {
+    check_rng(saved, grad_out);
+  }
+  check_norm_shard(grad_out, gs, go);
+  NormArgs a;
+  if (!from_bits) a.rowmap = norm_rowmap(grad_out, gs, go);  // bits are the local mask's
+
+  c10::OptionalDeviceGuard guard(grad_out.device());
+  const at::Device device = grad_out.device();
+  a.dtype = dtype_of(grad_out);
+  a.h_f32 = half && h.scalar_type() == at::kFloat;
+  a.param_f32 = half && given(weight) && weight->scalar_type() == at::kFloat;
+  a.rms = rms;
+  a.rows = rows;
+  a.hidden = hidden;
+  const Tensor dy = as_rows(grad_out, &a.dy_rs);
+  const Tensor gh = given(grad_h) ? as_rows(*grad_h, &a.dh_rs) : Tensor();
+  const Tensor hc = h.contiguous(), mc = mean.contiguous(), rc = rstd.contiguous();
+  const Tensor w = norm_param(weight, a.param_f32 ? at::kFloat : dt);
+  Tensor grad_input = empty_contiguous(grad_out.sizes(), dt, device);
+  Tensor grad_h_total = empty_contiguous(grad_out.sizes(), h.scalar_type(), device);
+  Tensor grad_weight = empty_1d(given(weight) ? hidden : 0, acc, device);
+  Tensor grad_bias = empty_1d(given(bias) && !rms ? hidden : 0, acc, device);
+  Tensor grad_input_bias = empty_1d(input_bias_grad ? hidden : 0, acc, device);
+  Tensor bits;
+  std::optional<Tensor> rng;
+  const std::optional<at::Generator> no_gen;
+  Call c = make_call(Op::Dropout, grad_out, rng, no_gen, p, 0, grad_out.dim(), 0, gs, go);
+  if (from_bits) {
+    a.mask = make_mask_params(0, 0, p, Kind::Inverted);
+    bits = saved.contiguous();
+    a.bits_in = bits.data_ptr<uint8_t>();
+  } else {
+    rng = saved;
+    PassArgs pa;
+    set_rng(pa, c, nullptr);
+    a.mask = pa.mask;
+    a.rng = pa.rng;
+  }
+  a.weight = w.defined() ? w.data_ptr() : nullptr;
+  a.h = hc.data_ptr();
+  a.mean = rms ? nullptr : mc.data_ptr();
+  a.rstd = rc.data_ptr();
+  a.grad_out = dy.data_ptr();
+  a.grad_h = gh.defined() ? gh.data_ptr() : nullptr;
+  a.grad_input = grad_input.data_ptr();
+  a.grad_h_total = grad_h_total.data_ptr();
+  a.grad_weight = grad_weight.numel() ? grad_weight.data_ptr() : nullptr;
+  a.grad_bias = grad_bias.numel() ? grad_bias.data_ptr() : nullptr;
+  a.grad_input_bias = grad_input_bias.numel() ? grad_input_bias.data_ptr() : nullptr;
+  if (numel == 0) {  // sums over no rows
+    for (Tensor* t : {&grad_weight, &grad_bias, &grad_input_bias}) t->zero_();
+    return {grad_input, grad_h_total, grad_weight, grad_bias, grad_input_bias};
+  }
+  run_norm(a, device, false);
+  return {grad_input, grad_h_total, grad_weight, grad_bias, grad_input_bias};
+}
+
 }  // namespace DX_NS
 
 namespace {
@@ -497,6 +815,8 @@ void register_kernels(Lib& m) {
   m.impl("dropout_add", &DX_NS::dropout_add_kernel);
   m.impl("bias_dropout_add", &DX_NS::bias_dropout_add_kernel);
   m.impl("dropout_backward", &DX_NS::dropout_backward_kernel);
+  m.impl("dropout_add_norm", &DX_NS::dropout_add_norm_kernel);
+  m.impl("dropout_add_norm_backward", &DX_NS::dropout_add_norm_backward_kernel);
 }
 }  // namespace
 

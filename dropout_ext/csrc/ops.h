@@ -41,5 +41,16 @@ std::tuple<at::Tensor, at::Tensor> bias_dropout_add_kernel(const at::Tensor& inp
                                                            OptInts global_shape, OptInts global_offset);
 at::Tensor dropout_backward_kernel(const at::Tensor& grad, const at::Tensor& saved, double p, int64_t kind,
                                    int64_t lead, OptInts global_shape, OptInts global_offset, OptInts strides);
+// The fused dropout + add + LayerNorm / RMSNorm (norm_args.h): (out, h, mean, rstd, saved)
+// and its backward (grad_input, grad_h_total, grad_weight, grad_bias, grad_input_bias).
+using NormResult = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
+NormResult dropout_add_norm_kernel(const at::Tensor& input, const OptTensor& residual, const OptTensor& weight,
+                                   const OptTensor& bias, const OptTensor& input_bias, const OptTensor& rng,
+                                   const OptGenerator& gen, double p, double eps, bool rms, bool residual_in_fp32,
+                                   int64_t save, OptInts global_shape, OptInts global_offset);
+NormResult dropout_add_norm_backward_kernel(const at::Tensor& grad_out, const OptTensor& grad_h, const at::Tensor& h,
+                                            const OptTensor& weight, const OptTensor& bias, const at::Tensor& mean,
+                                            const at::Tensor& rstd, const at::Tensor& saved, double p, bool rms,
+                                            bool input_bias_grad, OptInts global_shape, OptInts global_offset);
 
 }  // namespace DX_NS

@@ -28,6 +28,8 @@ void run_range_avx2(const PassArgs& a, int64_t begin, int64_t end);
 void run_range_avx512(const PassArgs& a, int64_t begin, int64_t end);
 
 bool isa_supported(Isa isa);
+// The path in use (launch.cpp: DROPOUT_EXT_CPU_ISA, or the best the CPU supports).
+Isa current_isa();
 Isa best_isa();
 const char* isa_name(Isa isa);
 

@@ -1,6 +1,7 @@
 // Portable path: plain C++ (SSE2 at most, the x86-64 baseline), one Philox block per four
 // elements. The SIMD paths are tested against it bit for bit. Also run-time ISA detection.
 #include "kernels.h"
+#include "philox_scalar.h"
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -18,21 +19,7 @@ using BF16 = c10::BFloat16;
 template <typename T> struct Acc { using type = float; };
 template <> struct Acc<double> { using type = double; };
 
-struct Vec {
-  struct Keys {
-    MaskParams m;
-  };
-  static void make_keys(const MaskParams& m, Keys& k) { k.m = m; }
-
-  static uint64_t keep64(const Keys& k, uint64_t block) {
-    uint64_t r = 0;
-    for (int c = 0; c < 16; ++c) {
-      const Philox4 w = philox_block(k.m, block * 16 + c);
-      for (int q = 0; q < 4; ++q) r |= static_cast<uint64_t>(w.v[q] >= k.m.threshold) << (4 * c + q);
-    }
-    return r;
-  }
-
+struct Vec : PhiloxScalar {
   template <typename T, Op OP>
   static void apply16(T* out, const T* x, const T* r, const T* b, uint32_t keep, const MaskParams& m) {
     using A = typename Acc<T>::type;

@@ -58,6 +58,9 @@ std::vector<std::string> cpu_isas_supported() {
 }
 
 }  // namespace
+
+Isa current_isa() { return static_cast<Isa>(isa_slot().load()); }
+
 }  // namespace cpu
 
 // The CPU engine draws the reduced mask of a channel-wise op in a pass of its own.
@@ -69,7 +72,7 @@ void cpu_run_pass(PassArgs& a) {
   plan_loops(a.g, kTileRows / 2);
   using Fn = void (*)(const PassArgs&, int64_t, int64_t);
   Fn fn = run_range_scalar;
-  switch (static_cast<Isa>(isa_slot().load())) {
+  switch (current_isa()) {
     case Isa::Avx512: fn = run_range_avx512; break;
     case Isa::Avx2: fn = run_range_avx2; break;
     case Isa::Scalar: break;

@@ -76,8 +76,10 @@ struct Held<T, true> {
   }
 };
 
-template <class C>
-DX_DEV MaskParams resolve_mask(const C& c, const PassArgs& a) {
+// (key, base) of a launch (PassArgs, NormArgs: mask, rng, rng_out), written to rng_out by
+// the grid's first thread.
+template <class C, class Args>
+DX_DEV MaskParams resolve_mask(const C& c, const Args& a) {
   MaskParams m = a.mask;
   if (a.rng.key_ptr) {
     m.key = static_cast<uint64_t>(*a.rng.key_ptr);

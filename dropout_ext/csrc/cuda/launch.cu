@@ -14,6 +14,7 @@
 #include <mutex>
 
 #include "../launch.h"
+#include "device_ctx.cuh"
 #include "dispatch.h"
 #include "flat_kernel.cuh"
 #include "tile_kernel.cuh"
@@ -31,24 +32,6 @@ namespace DX_NS {
 namespace cuda {
 using namespace ::dropout_ext::cuda;
 namespace {
-
-// What a kernel body takes from the hardware (kernel_common.cuh).
-struct DeviceCtx {
-  __device__ __forceinline__ int tid() const { return threadIdx.x; }
-  __device__ __forceinline__ int64_t bid() const { return blockIdx.x; }
-  __device__ __forceinline__ int64_t nblocks() const { return gridDim.x; }
-  __device__ __forceinline__ void sync() const { __syncthreads(); }
-  __device__ __forceinline__ void atomic_or(unsigned int* w, unsigned int v) const { atomicOr(w, v); }
-  template <typename T>
-  __device__ __forceinline__ Unit<T> load_unit(const T* p) const {
-    return *reinterpret_cast<const Unit<T>*>(p);
-  }
-  __device__ __forceinline__ Words load_words(const void* p) const { return *reinterpret_cast<const Words*>(p); }
-  template <typename T>
-  __device__ __forceinline__ void store_unit(T* p, const Unit<T>& v) const {
-    *reinterpret_cast<Unit<T>*>(p) = v;
-  }
-};
 
 __global__ void rng_kernel(const PassArgs a) { resolve_mask(DeviceCtx(), a); }
 

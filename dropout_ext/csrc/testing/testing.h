@@ -10,13 +10,16 @@
 //   CUDA  a copy of ../cuda/launch.cu whose flat-kernel configuration can be switched
 //         (launch_tunable.cu; built with DROPOUT_EXT_TESTING=cuda), for the GPU bench's
 //         sweep.
-// Besides them it defines the development-only ops (testing_ops.cpp): philox4x32_10 and
-// set_cuda_tuning / cuda_tuning. None of this is in the product's wheel.
+// Besides them it defines the development-only ops (testing_ops.cpp): philox4x32_10,
+// set_cuda_tuning / cuda_tuning, and set_norm_smem_budget / norm_last_plan. None of this is in the product's wheel.
 #pragma once
 
 #if !defined(DX_NS)
 #error "the testing module is compiled with -DDX_NS=dropout_ext_testing (setup.py, dropout_ext/_build.py)"
 #endif
+
+#include <cstdint>
+#include <mutex>
 
 #include "../cuda/dispatch.h"
 #include "../ns.h"
@@ -35,5 +38,21 @@ struct FlatTuning {
 };
 
 FlatTuning& flat_tuning();
+
+// The emulated norm kernels' knob and report (norm_emulation.cpp; the ops
+// set_norm_smem_budget and norm_last_plan of testing_ops.cpp).
+struct NormEmulation {
+  std::mutex m;
+  int64_t smem_budget = 0;  // shared memory a block may take; 0: the GPU's kNormSmemBudget
+  struct Plan {             // the last launch's norm plan (cuda/norm_kernel.cuh, NormPlan)
+    bool backward = false;
+    int group = 0, rows_per_block = 0;
+    int64_t kmax = 0;
+    bool vec = false, cache = false, acc_smem = false;
+    int64_t slots = 0, blocks = 0;
+  } last;
+};
+
+NormEmulation& norm_emulation();
 
 }  // namespace DX_NS

@@ -7,12 +7,19 @@
 //       the flat CUDA kernel's configuration (FlatTuning) that the emulator and the tunable
 //       CUDA launcher use, for the GPU bench's sweep and the tests; the product's is fixed
 //       (../cuda/dispatch.h)
+//   set_norm_smem_budget(int bytes) -> ()
+//       the shared memory a block of the emulated norm kernels may take (0: the GPU's), so
+//       that small rows reach the paths without a row cache or shared column sums
+//   norm_last_plan() -> int[]
+//       the plan of the last emulated norm launch: [backward, group, rows_per_block, kmax,
+//       vec, cache, acc_smem, slots, blocks] (norm_emulation.cpp)
 #include "testing.h"
 
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
 #include <tuple>
+#include <vector>
 
 #include "../philox.h"
 
@@ -58,6 +65,20 @@ std::tuple<int64_t, bool> cuda_tuning() {
   return {t.unroll, t.persistent};
 }
 
+void set_norm_smem_budget(int64_t bytes) {
+  TORCH_CHECK_VALUE(bytes >= 0, "dropout_ext: the shared memory budget must be >= 0, got ", bytes);
+  NormEmulation& e = norm_emulation();
+  std::lock_guard<std::mutex> lock(e.m);
+  e.smem_budget = bytes;
+}
+
+std::vector<int64_t> norm_last_plan() {
+  NormEmulation& e = norm_emulation();
+  std::lock_guard<std::mutex> lock(e.m);
+  const NormEmulation::Plan& p = e.last;
+  return {p.backward, p.group, p.rows_per_block, p.kmax, p.vec, p.cache, p.acc_smem, p.slots, p.blocks};
+}
+
 }  // namespace
 }  // namespace DX_NS
 
@@ -65,6 +86,8 @@ TORCH_LIBRARY_FRAGMENT(DX_NS, m) {
   m.def("philox4x32_10(Tensor counter, Tensor key) -> Tensor");
   m.def("set_cuda_tuning(int unroll, bool persistent) -> ()", &DX_NS::set_cuda_tuning);
   m.def("cuda_tuning() -> (int, bool)", &DX_NS::cuda_tuning);
+  m.def("set_norm_smem_budget(int bytes) -> ()", &DX_NS::set_norm_smem_budget);
+  m.def("norm_last_plan() -> int[]", &DX_NS::norm_last_plan);
 }
 
 // Any device: the kernel computes on the CPU and returns on the counter's device.
