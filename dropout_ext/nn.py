@@ -95,14 +95,9 @@ class DropoutAddLayerNorm(torch.nn.Module):
         self.p, self.eps, self.elementwise_affine = p, eps, elementwise_affine
         self.prenorm, self.residual_in_fp32 = prenorm, residual_in_fp32
         factory = {"device": device, "dtype": dtype}
-        if elementwise_affine:
-            self.weight = torch.nn.Parameter(torch.empty(self.normalized_shape, **factory))
-            self.bias = torch.nn.Parameter(torch.empty(self.normalized_shape, **factory)) if bias else None
-        else:
-            self.register_parameter("weight", None)
-            self.register_parameter("bias", None)
-        if self.bias is None:
-            self.register_parameter("bias", None)
+        self.weight = torch.nn.Parameter(torch.empty(self.normalized_shape, **factory)) if elementwise_affine else None
+        affine_bias = elementwise_affine and bias
+        self.bias = torch.nn.Parameter(torch.empty(self.normalized_shape, **factory)) if affine_bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -136,10 +131,8 @@ class DropoutAddRMSNorm(torch.nn.Module):
         self.normalized_shape = _hidden(normalized_shape)
         self.p, self.eps, self.elementwise_affine = p, eps, elementwise_affine
         self.prenorm, self.residual_in_fp32 = prenorm, residual_in_fp32
-        if elementwise_affine:
-            self.weight = torch.nn.Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
-        else:
-            self.register_parameter("weight", None)
+        self.weight = (torch.nn.Parameter(torch.empty(self.normalized_shape, device=device, dtype=dtype))
+                       if elementwise_affine else None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

@@ -168,8 +168,6 @@ def test_float64_with_float32_parameters():
     case((3, 5, 96), torch.float64, param_f32=True, input_bias=True)
 
 
-@pytest.mark.xfail(strict=True, reason="ops.cpp sets NormArgs::res_f32 for 16-bit inputs only: the float32 residual "
-                   "of a float64 input (residual_in_fp32) reaches the kernels as float64")
 def test_float64_with_float32_residual():
     case((3, 5, 96), torch.float64, res_f32=True, input_bias=True)
 

@@ -670,7 +670,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> dropout_add_norm_kernel(
   a.hidden = hidden;
   a.eps = eps;
   const Tensor x = as_rows(input, &a.x_rs);
-  const Tensor r = given(residual) ? as_rows(*residual, &a.res_rs) : Tensor();
+  // a float32 residual of a float64 input (residual_in_fp32): widened, exactly (rare)
+  const Tensor r = !given(residual) ? Tensor()
+                   : (!half && residual->scalar_type() != dt) ? as_rows(residual->to(dt), &a.res_rs)
+                                                              : as_rows(*residual, &a.res_rs);
   const Tensor w = norm_param(weight, a.param_f32 ? at::kFloat : dt);
   const Tensor b = norm_param(bias, a.param_f32 ? at::kFloat : dt);
   const Tensor ib = norm_param(input_bias, dt);
