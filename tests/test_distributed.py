@@ -571,7 +571,8 @@ def test_grids_of_shards_match_unsharded(kernels, storage):
     over the blocks), seed=s and seed=None (the same torch.manual_seed before each call),
     even and uneven shapes, every op, shards copied or views of the full tensor."""
     with testing.storage_ctx(storage):
-        for op in [op for op in OPS if not op.endswith("_plain")]:
+        # (the fused norms' row shards: test_norm.py)
+        for op in [op for op in OPS if not op.endswith("_plain") and "norm" not in op]:
             for base, seed_mode in itertools.product(BASES, ("seed", "none")):
                 _check_grids(kernels.device, op, base, seed_mode)
 

@@ -182,6 +182,10 @@ def _package_copy():
         for name in os.listdir(PACKAGE):
             if name.endswith((".py", ".typed")):
                 shutil.copy2(os.path.join(PACKAGE, name), os.path.join(pkg, name))
+            elif os.path.isfile(os.path.join(PACKAGE, name, "__init__.py")):  # a subpackage
+                shutil.rmtree(os.path.join(pkg, name), ignore_errors=True)
+                shutil.copytree(os.path.join(PACKAGE, name), os.path.join(pkg, name),
+                                ignore=shutil.ignore_patterns("__pycache__"))
     return root
 
 
@@ -238,6 +242,8 @@ def _tree(tmp_path, with_fake_build):
     for name in os.listdir(PACKAGE):
         if name.endswith(".py"):
             shutil.copy(os.path.join(PACKAGE, name), pkg / name)
+        elif os.path.isfile(os.path.join(PACKAGE, name, "__init__.py")):  # a subpackage
+            shutil.copytree(os.path.join(PACKAGE, name), pkg / name, ignore=shutil.ignore_patterns("__pycache__"))
     if with_fake_build:
         (pkg / ("_C" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"")  # exists, does not load
     tests = tmp_path / "tests"
