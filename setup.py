@@ -76,7 +76,8 @@ def extensions():
     link = list(build_cfg.LINK_FLAGS)
     sanitize = os.environ.get("DROPOUT_EXT_SANITIZE")  # e.g. "address" (tools/asan_check.sh)
     if sanitize:
-        cxx += ["-fsanitize=" + sanitize, "-fno-omit-frame-pointer", "-g"]
+        # -O1 -g1: what AddressSanitizer needs (its checks, line numbers), in half the compile time of -O3 -g
+        cxx += ["-fsanitize=" + sanitize, "-fno-omit-frame-pointer", "-O1", "-g1"]
         link += ["-fsanitize=" + sanitize]
     use_cuda, why = want_cuda()
     try:

@@ -95,6 +95,16 @@ for isa, enter in paths:
                     F.feature_alpha_dropout(z.detach().to(memory_format=torch.channels_last), 0.3, True)
                     F.dropout2d(z.detach().to(memory_format=torch.channels_last), 0.3)
                 F.dropout(torch.randn(n, dtype=dtype), 1.0)
+                # the fused norms: rows of n (odd, past the vector width), every operand, backward
+                for hidden, rows in ((n, 3), (max(n, 1), 1)) if n else ():
+                    xs = [torch.randn(rows, hidden, dtype=dtype, requires_grad=True) for _ in range(2)]
+                    w, b, ib = (torch.randn(hidden, dtype=dtype, requires_grad=True) for _ in range(3))
+                    out, hs = F.dropout_add_layer_norm(xs[0], xs[1], w, b, 0.3, input_bias=ib, prenorm=True)
+                    (out.sum() + hs.sum()).backward()
+                    F.dropout_add_rms_norm(xs[0], xs[1].detach().t().contiguous().t(), w, 0.3,
+                                           residual_in_fp32=True).sum().backward()
+                    F.dropout_add_layer_norm(xs[0][:, None].expand(rows, 2, hidden), None, None, None, 0.3,
+                                             global_shape=(rows + 2, 2, hidden), global_offset=(1, 0, 0))
         if not emu:
             # the launcher's split between threads: a few chunks of 2**15 elements
             torch.set_num_threads(3)
@@ -102,6 +112,7 @@ for isa, enter in paths:
             F.dropout(x, 0.3).sum().backward()
             F.bias_dropout_add(x, torch.randn(1031), torch.randn(97, 1031), 0.3).sum().backward()
             F.dropout(x.detach().t(), 0.3, global_shape=(1031, 200), global_offset=(0, 3))
+            F.dropout_add_layer_norm(x, torch.randn(97, 1031), torch.randn(1031), None, 0.3).sum().backward()
             torch.set_num_threads(1)
     print("   %-8s %.1f s" % (isa, time.perf_counter() - t0), flush=True)
 print("asan check passed:", [name for name, _ in paths])
