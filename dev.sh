@@ -2,7 +2,8 @@
 # One entry point for a fresh clone (needs only Python 3 and a C++ compiler):
 #   ./dev.sh bench   set up .venv, build, run the CPU benchmark against torch (headline
 #                    tables in about 2 minutes; `./dev.sh bench --full` for the full sweep
-#                    and the plot, `--quick` for a smoke test, `--help` for the rest)
+#                    with the plot and the real-model steps of bench/models.py, `--quick`
+#                    for a smoke test, `--help` for the rest)
 #   ./dev.sh test    set up .venv, build, run the test suite
 #   ./dev.sh wheel-check   a wheel into a fresh venv with the same torch, smoke-tested there
 #   ./dev.sh mutants       the mutation check of the test suite (tools/mutants.py)
@@ -105,7 +106,9 @@ case "${1:-test}" in
   setup) setup ;;
   build) build ;;
   test) build; shift || true; "$PY" -m pytest "$@" ;;
-  bench) build; shift || true; "$PY" bench/bench_cpu.py "$@" ;;
+  bench) build; shift || true; "$PY" bench/bench_cpu.py "$@"
+    # --full: also the real-model training steps (Hugging Face BERT-base and GPT-2 small)
+    case " $* " in *" --full "*) "$PY" bench/models.py --out docs ;; esac ;;
   wheel-check) wheel_check ;;
   mutants) build; shift || true; "$PY" tools/mutants.py "$@" ;;
   *) echo "usage: ./dev.sh {test|bench|build|setup|wheel-check|mutants} [args for pytest, the bench or mutants.py]" >&2; exit 2 ;;
