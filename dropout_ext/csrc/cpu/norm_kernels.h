@@ -4,6 +4,7 @@
 // byte of the bit mask) and runs each chunk on one thread with the functions here.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 
 #include "../norm_args.h"
@@ -22,14 +23,22 @@ struct NormParams {
   const void* input_bias = nullptr;
 };
 
-// Forward over rows [r0, r1): `row` is scratch of hidden + kNormPad accumulation-type
-// elements (the row's h in the accumulation type, when h is stored narrower).
-// Backward over rows [r0, r1): `gw`, `gb`, `gib` (each hidden + kNormPad accumulation-type
-// elements, zeroed, or null when not wanted) receive the chunk's column sums.
+// Forward over rows [r0, r1): `row` is scratch of norm_fwd_scratch bytes (64-byte aligned):
+// the row's h in the accumulation type (when h is stored narrower), then its keep words.
+// Backward over rows [r0, r1): `row` is scratch of 2 * (hidden + kNormPad) accumulation-type
+// elements; `gw`, `gb`, `gib` (each hidden + kNormPad accumulation-type elements, zeroed, or
+// null when not wanted) receive the chunk's column sums.
+inline int64_t norm_row_bytes(int64_t hidden, size_t acc_size) {
+  return ((hidden + kNormPad) * static_cast<int64_t>(acc_size) + 63) / 64 * 64;
+}
+inline int64_t norm_fwd_scratch(int64_t hidden, size_t acc_size) {
+  return norm_row_bytes(hidden, acc_size) + ((hidden + 63) / 64 + 1) * 8;
+}
+
 #define DX_NORM_DECLARE(isa)                                                                               \
   void norm_forward_##isa(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* row);     \
-  void norm_backward_##isa(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* gw, void* gb, \
-                           void* gib);
+  void norm_backward_##isa(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* row, void* gw, \
+                           void* gb, void* gib);
 DX_NORM_DECLARE(scalar)
 DX_NORM_DECLARE(avx2)
 DX_NORM_DECLARE(avx512)

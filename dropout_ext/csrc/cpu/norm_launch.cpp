@@ -6,6 +6,7 @@
 #include <c10/util/Half.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <vector>
 
 #include "../launch.h"
@@ -59,8 +60,21 @@ struct Params {
   NormParams p;
 };
 
+// A chunk's scratch, 64-byte aligned (whole vectors and cache lines).
+class Scratch {
+ public:
+  explicit Scratch(int64_t bytes) : buf_(static_cast<size_t>(bytes + 64)) {}
+  void* get() {
+    const uintptr_t p = reinterpret_cast<uintptr_t>(buf_.data());
+    return reinterpret_cast<void*>((p + 63) / 64 * 64);
+  }
+
+ private:
+  std::vector<char> buf_;
+};
+
 using ForwardFn = void (*)(const NormArgs&, const NormParams&, int64_t, int64_t, void*);
-using BackwardFn = void (*)(const NormArgs&, const NormParams&, int64_t, int64_t, void*, void*, void*);
+using BackwardFn = void (*)(const NormArgs&, const NormParams&, int64_t, int64_t, void*, void*, void*, void*);
 
 // Runs fn(chunk) for every chunk, on threads when there are several.
 template <typename F>
@@ -81,11 +95,10 @@ void forward(const NormArgs& a) {
   }
   const Params<A> prm(a);
   const int64_t per = chunk_rows(a.rows, a.hidden), chunks = (a.rows + per - 1) / per;
-  // h narrower than A: the row in A lives in scratch meanwhile
-  const bool scratch = (a.dtype == DType::Float16 || a.dtype == DType::BFloat16) && !a.h_f32;
+  const int64_t scratch = norm_fwd_scratch(a.hidden, sizeof(A));
   for_chunks(chunks, [&](int64_t i) {
-    std::vector<A> row(scratch ? static_cast<size_t>(a.hidden + kNormPad) : 0);
-    fn(a, prm.p, i * per, std::min(a.rows, (i + 1) * per), row.data());
+    Scratch row(scratch);
+    fn(a, prm.p, i * per, std::min(a.rows, (i + 1) * per), row.get());
   });
 }
 
@@ -107,7 +120,8 @@ void backward(const NormArgs& a) {
     if (outs[k]) sums[k].assign(static_cast<size_t>(chunks * stride), A(0));
   auto at = [&](int k, int64_t i) { return outs[k] ? static_cast<void*>(sums[k].data() + i * stride) : nullptr; };
   for_chunks(chunks, [&](int64_t i) {
-    fn(a, prm.p, i * per, std::min(a.rows, (i + 1) * per), at(0, i), at(1, i), at(2, i));
+    Scratch row(2 * stride * static_cast<int64_t>(sizeof(A)));
+    fn(a, prm.p, i * per, std::min(a.rows, (i + 1) * per), row.get(), at(0, i), at(1, i), at(2, i));
   });
   for (int k = 0; k < 3; ++k) {
     if (!outs[k]) continue;

@@ -24,6 +24,8 @@ struct Lanes {
   static R add(R a, R b) { return a + b; }
   static R sub(R a, R b) { return a - b; }
   static R mul(R a, R b) { return a * b; }
+  static R fma(R a, R b, R c) { return a * b + c; }
+  static R fnmadd(R a, R b, R c) { return c - a * b; }
   static A hsum(R v) { return v; }
   static R keep(uint32_t bits, A s) { return (bits & 1u) ? s : A(0); }
   static R first(R v, int n) { return n > 0 ? v : A(0); }
@@ -54,9 +56,9 @@ struct Lanes {
 void norm_forward_scalar(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* row) {
   scalar_norm::norm_forward_rows(a, p, r0, r1, row);
 }
-void norm_backward_scalar(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* gw, void* gb,
-                          void* gib) {
-  scalar_norm::norm_backward_rows(a, p, r0, r1, gw, gb, gib);
+void norm_backward_scalar(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* row, void* gw,
+                          void* gb, void* gib) {
+  scalar_norm::norm_backward_rows(a, p, r0, r1, row, gw, gb, gib);
 }
 
 }  // namespace cpu

@@ -30,6 +30,8 @@ template <> struct Lanes<float> {
   static R add(R a, R b) { return _mm512_add_ps(a, b); }
   static R sub(R a, R b) { return _mm512_sub_ps(a, b); }
   static R mul(R a, R b) { return _mm512_mul_ps(a, b); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm512_fnmadd_ps(a, b, c); }
   static float hsum(R v) { return _mm512_reduce_add_ps(v); }
   static R keep(uint32_t bits, float s) { return _mm512_maskz_mov_ps(static_cast<__mmask16>(bits), _mm512_set1_ps(s)); }
   static R first(R v, int n) { return _mm512_maskz_mov_ps(first16(n), v); }
@@ -83,6 +85,8 @@ template <> struct Lanes<double> {
   static R add(R a, R b) { return _mm512_add_pd(a, b); }
   static R sub(R a, R b) { return _mm512_sub_pd(a, b); }
   static R mul(R a, R b) { return _mm512_mul_pd(a, b); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm512_fnmadd_pd(a, b, c); }
   static double hsum(R v) { return _mm512_reduce_add_pd(v); }
   static R keep(uint32_t bits, double s) { return _mm512_maskz_mov_pd(static_cast<__mmask8>(bits), _mm512_set1_pd(s)); }
   static R first(R v, int n) { return _mm512_maskz_mov_pd(first8(n), v); }
@@ -132,6 +136,8 @@ template <> struct Lanes<float> {
   static R add(R a, R b) { return _mm256_add_ps(a, b); }
   static R sub(R a, R b) { return _mm256_sub_ps(a, b); }
   static R mul(R a, R b) { return _mm256_mul_ps(a, b); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm256_fnmadd_ps(a, b, c); }
   static float hsum(R v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -186,6 +192,8 @@ template <> struct Lanes<double> {
   static R add(R a, R b) { return _mm256_add_pd(a, b); }
   static R sub(R a, R b) { return _mm256_sub_pd(a, b); }
   static R mul(R a, R b) { return _mm256_mul_pd(a, b); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static R fnmadd(R a, R b, R c) { return _mm256_fnmadd_pd(a, b, c); }
   static double hsum(R v) {
     __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
     s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
@@ -223,16 +231,16 @@ DX_TARGET_END
 void norm_forward_avx512(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* row) {
   v512::norm_forward_rows(a, p, r0, r1, row);
 }
-void norm_backward_avx512(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* gw, void* gb,
-                          void* gib) {
-  v512::norm_backward_rows(a, p, r0, r1, gw, gb, gib);
+void norm_backward_avx512(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* row, void* gw,
+                          void* gb, void* gib) {
+  v512::norm_backward_rows(a, p, r0, r1, row, gw, gb, gib);
 }
 void norm_forward_avx2(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* row) {
   v256::norm_forward_rows(a, p, r0, r1, row);
 }
-void norm_backward_avx2(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* gw, void* gb,
-                        void* gib) {
-  v256::norm_backward_rows(a, p, r0, r1, gw, gb, gib);
+void norm_backward_avx2(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* row, void* gw,
+                        void* gb, void* gib) {
+  v256::norm_backward_rows(a, p, r0, r1, row, gw, gb, gib);
 }
 
 }  // namespace cpu
@@ -245,16 +253,16 @@ namespace cpu {
 void norm_forward_avx512(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* row) {
   norm_forward_scalar(a, p, r0, r1, row);
 }
-void norm_backward_avx512(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* gw, void* gb,
-                          void* gib) {
-  norm_backward_scalar(a, p, r0, r1, gw, gb, gib);
+void norm_backward_avx512(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* row, void* gw,
+                          void* gb, void* gib) {
+  norm_backward_scalar(a, p, r0, r1, row, gw, gb, gib);
 }
 void norm_forward_avx2(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* row) {
   norm_forward_scalar(a, p, r0, r1, row);
 }
-void norm_backward_avx2(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* gw, void* gb,
-                        void* gib) {
-  norm_backward_scalar(a, p, r0, r1, gw, gb, gib);
+void norm_backward_avx2(const NormArgs& a, const NormParams& p, int64_t r0, int64_t r1, void* row, void* gw,
+                        void* gb, void* gib) {
+  norm_backward_scalar(a, p, r0, r1, row, gw, gb, gib);
 }
 }  // namespace cpu
 }  // namespace dropout_ext
