@@ -54,6 +54,7 @@ T_FAM = "tests/test_family.py"
 T_AUTO = "tests/test_autograd.py"
 T_LAY = "tests/test_layouts.py"
 T_EMU = "tests/test_cuda_emulation.py"
+T_NORM = "tests/test_norm.py"
 CUDA_COMMON = "dropout_ext/csrc/cuda/kernel_common.cuh"
 CUDA_FLAT = "dropout_ext/csrc/cuda/flat_kernel.cuh"
 CUDA_TILE = "dropout_ext/csrc/cuda/tile_kernel.cuh"
@@ -177,6 +178,35 @@ MUTANTS = [
            "    factor = keep * _reference.keep_scale(p, kind)", "    factor = keep * _reference.keep_scale(p, 0)",
            ["tests/test_transforms.py::test_grad_matches_the_normal_route"],
            why="inside torch.func, vanilla dropout scaled as inverted"),
+    # ---- the fused dropout + residual + norm
+    Mutant("norm-residual-before-dropout", REF,
+           "    v = v * _factor(keep, p, acc).reshape(rows, hidden)\n    if residual is not None:\n"
+           "        v = residual.to(acc).reshape(rows, hidden) + v\n",
+           "    if residual is not None:\n        v = residual.to(acc).reshape(rows, hidden) + v\n"
+           "    v = v * _factor(keep, p, acc).reshape(rows, hidden)\n",
+           [T_NORM + "::test_h_is_dropout_add_and_out_is_torch_norm"], why="the residual dropped with the input"),
+    Mutant("norm-h-dtype", REF, "    h = v.to(norm_h_dtype(input.dtype, residual_in_fp32))",
+           "    h = v.to(input.dtype)", [T_NORM + "::test_residual_in_fp32"],
+           why="residual_in_fp32 ignored: h rounded to 16 bits"),
+    Mutant("norm-unbiased-variance", REF,
+           "        rstd = torch.rsqrt((centered * centered).sum(-1) / n + eps)",
+           "        rstd = torch.rsqrt((centered * centered).sum(-1) / max(n - 1, 1) + eps)",
+           [T_NORM + "::test_h_is_dropout_add_and_out_is_torch_norm"], why="variance divided by n - 1"),
+    Mutant("norm-backward-mean-term", REF, "        dh = dh - g.sum(-1, keepdim=True) / n\n",
+           "        dh = dh - g.sum(-1, keepdim=True) / n * 0\n",
+           [T_NORM + "::test_gradients_match_the_composition"], why="LayerNorm backward without the mean(g) term"),
+    Mutant("norm-input-bias-grad-undropped", REF, "    gib = dx.sum(0) if input_bias_grad else empty()",
+           "    gib = dh.sum(0) if input_bias_grad else empty()",
+           [T_NORM + "::test_gradients_match_the_composition"], why="input_bias gradient not masked"),
+    Mutant("norm-grad-h-dropped", OPS, "            grad_out, grad_h, h, weight, bias if need[3] else None,",
+           "            grad_out, None, h, weight, bias if need[3] else None,",
+           [T_NORM + "::test_gradients_match_the_composition"], why="prenorm: the gradient of h ignored"),
+    Mutant("norm-eval-drops", FUN, "        p, seed, generator = 0.0, _EVAL_SEED, None",
+           "        seed, generator = _EVAL_SEED, None", [T_NORM + "::test_p_edges_and_eval"],
+           why="eval mode still drops"),
+    Mutant("norm-prenorm-returns-out", ROUTE, "        return (out, h) if n.prenorm else out",
+           "        return (out, out) if n.prenorm else out",
+           [T_NORM + "::test_gradients_match_the_composition"], why="prenorm returns out twice"),
     # ---- kernel headers and sources: need a rebuild of the extension
     Mutant("kernel-base-words-swapped", "dropout_ext/csrc/philox.h",
            "static_cast<uint32_t>(m.base), static_cast<uint32_t>(m.base >> 32),",
@@ -189,7 +219,7 @@ MUTANTS = [
     Mutant("kernel-threshold-ceil", "dropout_ext/csrc/philox.h", "return static_cast<uint32_t>(floor(p * 4294967296.0));",
            "return static_cast<uint32_t>(ceil(p * 4294967296.0));", [T_MASK + "::test_threshold_boundaries_seed"],
            needs_build=True, why="kernels: threshold ceil instead of floor"),
-    Mutant("kernel-scalar-keep-gt", "dropout_ext/csrc/cpu/kernels_scalar.cpp",
+    Mutant("kernel-scalar-keep-gt", "dropout_ext/csrc/cpu/philox_scalar.h",
            "r |= static_cast<uint64_t>(w.v[q] >= k.m.threshold) << (4 * c + q);",
            "r |= static_cast<uint64_t>(w.v[q] > k.m.threshold) << (4 * c + q);",
            [T_MASK + "::test_threshold_boundaries_seed"], needs_build=True, why="scalar CPU kernel: keep iff u > t"),
@@ -270,6 +300,16 @@ MUTANTS = [
            "    if (l <= 1) return p;",
            ["tests/test_layouts.py::test_gradient_of_a_reduction"], needs_build=True,
            why="CPU lanes: an operand repeated along the lanes (stride 0) read as contiguous"),
+    Mutant("kernel-cpu-norm-mean", "dropout_ext/csrc/cpu/norm_engine.inc",
+           "      mean = L::hsum(s1) / n_h;",
+           "      mean = L::hsum(s1) / (n_h + A(1));",
+           ["tests/test_norm_kernels.py::test_forward_and_backward_match_the_reference"], needs_build=True,
+           why="CPU LayerNorm: the mean divided by hidden + 1"),
+    Mutant("kernel-cuda-norm-dx-unmasked", "dropout_ext/csrc/cuda/norm_kernel.cuh",
+           "        dx[q] = d * (((keep >> q) & 1u) ? scale : A(0));",
+           "        dx[q] = d * scale;",
+           ["tests/test_norm_emulation.py::test_layer_norm"], needs_build=True,
+           why="CUDA norm backward: input gradient not masked (through the emulator)"),
 ]
 
 CONFIGS = {
