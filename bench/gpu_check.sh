@@ -4,7 +4,8 @@
 # the build configuration and the kernels' register/spill counts, run the CUDA kernel
 # tests and, beside them in another process, the CUDA torch.compile tests (a fresh
 # machine's first compiles take minutes), split the host time of one small call into
-# steps and pieces (bench/host_profile.py), run the GPU bench, and print the tables last.
+# steps and pieces (bench/host_profile.py), run the GPU bench (the fused norms included) and,
+# where transformers is installed, bench/models.py, and print the tables last.
 #
 #   bash bench/gpu_check.sh            logs, figures and tables go to $OUT (default bench/results)
 #
@@ -109,7 +110,19 @@ if [ $bench_rc -ne 0 ]; then
   echo "== bench exit $bench_rc; last lines of $OUTDIR/bench.err:"; grep -v "USDT\|^  \.\." "$OUTDIR/bench.err" | tail -15
 fi
 
+models_rc=0
+if $PY -c "import transformers" 2>/dev/null && [ "$(left)" -gt 90 ]; then
+  echo "== real models (bench/models.py --device cuda; log: $OUTDIR/models.log)"
+  timeout -k 10 $(( $(left) - 30 )) $PY bench/models.py --device cuda --steps 10 --out "$OUTDIR" \
+    > "$OUTDIR/models.log" 2>&1
+  models_rc=$?
+  [ $models_rc -ne 0 ] && { echo "   models.py exit $models_rc:"; tail -5 "$OUTDIR/models.log"; }
+else
+  echo "== real models: skipped (transformers is not installed, or no time left)"
+fi
+
 cat /tmp/gpu_bench.log  # the tables (also in $OUTDIR/gpu_bench.txt)
+sed -n '/^Training step/,$p' "$OUTDIR/models.log" 2>/dev/null
 grep -v "USDT\|Warning\|_warn_once" "$OUTDIR/host_profile.txt" 2>/dev/null
-echo "== gpu_check took $(( $(date +%s) - T0 )) s: build ok, kernel tests exit $test_rc, torch.compile tests exit $compile_rc, bench exit $bench_rc"
+echo "== gpu_check took $(( $(date +%s) - T0 )) s: build ok, kernel tests exit $test_rc, torch.compile tests exit $compile_rc, bench exit $bench_rc, models exit $models_rc"
 [ $test_rc -eq 0 ] && [ $compile_rc -eq 0 ] && [ $bench_rc -eq 0 ]
