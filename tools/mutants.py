@@ -2,9 +2,10 @@
 """Mutation check: does the test suite catch the bugs that matter?
 
 Applies a fixed list of plausible bugs (mutants) to the package one at a time, in place,
-runs a few fast tests chosen for each, restores the file, and reports which mutants the
-tests kill. Exits non-zero if any mutant survives, if a mutant's text is not found exactly
-once (the list has gone stale after a refactor: update the mutant), or if the unmutated
+runs a few fast tests chosen for each (once per backend, the backends side by side),
+restores the file, and reports which mutants the tests kill. Exits non-zero if any mutant
+survives, if a mutant's text is not found exactly once (the list has gone stale after a
+refactor: update the mutant), or if the unmutated
 tests do not pass.
 
 Each Python-layer mutant runs twice: with the compiled kernels loaded (the default
@@ -418,17 +419,32 @@ class Applied:
         return False
 
 
-def run_pytest(tests, config, stop_first=True):
-    env = dict(os.environ)
-    env.update(CONFIGS[config])
-    env["PYTHONDONTWRITEBYTECODE"] = "1"
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf"] + (["-x"] if stop_first else []) + list(tests)
-    t0 = time.time()
-    proc = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True)
-    out = proc.stdout + proc.stderr
-    failed = re.findall(r"^FAILED (.+?)(?: - .*)?$", out, re.M)
-    return proc.returncode, failed, out, time.time() - t0
+def run_pytest(tests, configs, stop_first=True):
+    """Run the tests once per backend configuration, the configurations side by side (each
+    pytest process spends most of its time starting up: torch's import and collection).
+    Returns {config: (returncode, failed test ids, output, seconds)}."""
+    procs = {}
+    for config in configs:
+        env = dict(os.environ)
+        env.update(CONFIGS[config])
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+        args = ([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-rf"]
+                + (["-x"] if stop_first else []) + list(tests))
+        procs[config] = (subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                          text=True), time.time())
+    results = {}
+    try:
+        for config, (proc, t0) in procs.items():
+            out, _ = proc.communicate()
+            failed = re.findall(r"^FAILED (.+?)(?: - .*)?$", out, re.M)
+            results[config] = (proc.returncode, failed, out, time.time() - t0)
+    finally:
+        for proc, _ in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
 
 
 def build(cmd):
@@ -484,8 +500,7 @@ def main(argv=None):
     # the unmutated selections must pass, or a "kill" means nothing
     started = time.time()
     all_tests = sorted({t for m in todo for t in m.tests})
-    for config in configs:
-        rc, failed, out, secs = run_pytest(all_tests, config, stop_first=False)
+    for config, (rc, failed, out, secs) in run_pytest(all_tests, configs, stop_first=False).items():
         print("mutants: baseline (%s backend): rc %d in %.1fs" % (config, rc, secs), flush=True)
         if rc != 0:
             print(out[-4000:], file=sys.stderr)
@@ -498,8 +513,8 @@ def main(argv=None):
         with Applied(m):
             if m.needs_build:
                 build(args.build_cmd)
-            for config in (["compiled"] if m.needs_build else configs):
-                rc, failed, out, secs = run_pytest(m.tests, config, stop_first=not args.all_killers)
+            runs = run_pytest(m.tests, ["compiled"] if m.needs_build else configs, stop_first=not args.all_killers)
+            for config, (rc, failed, out, secs) in runs.items():
                 if rc == 1 and failed:
                     results[config] = ("killed", failed)
                 elif rc == 0:

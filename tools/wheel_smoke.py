@@ -31,8 +31,8 @@ assert not os.path.exists(os.path.join(where, "csrc", "testing")), "the wheel sh
 assert _backend.testing_ops() is None
 op_names = sorted(torch._C._dispatch_get_all_op_names())
 ours = {n.split("::", 1)[1] for n in op_names if n.startswith("dropout_ext::")}
-public = {"dropout", "dropout_", "dropout_add", "bias_dropout_add", "dropout_backward", "_cpu_isa",
-          "_cpu_isas_supported"}
+public = {"dropout", "dropout_", "dropout_add", "bias_dropout_add", "dropout_backward", "dropout_add_norm",
+          "dropout_add_norm_backward", "_cpu_isa", "_cpu_isas_supported"}
 assert ours == public, "torch.ops.dropout_ext holds %s, expected %s" % (sorted(ours), sorted(public))
 assert not [n for n in op_names if n.startswith("dropout_ext_testing::")]
 assert "cuda-emu" not in _backend.cpu_isas_supported()
