@@ -5,8 +5,7 @@ Applies a fixed list of plausible bugs (mutants) to the package one at a time, i
 runs a few fast tests chosen for each (once per backend, the backends side by side),
 restores the file, and reports which mutants the tests kill. Exits non-zero if any mutant
 survives, if a mutant's text is not found exactly once (the list has gone stale after a
-refactor: update the mutant), or if the unmutated
-tests do not pass.
+refactor: update the mutant), or if the unmutated tests do not pass.
 
 Each Python-layer mutant runs twice: with the compiled kernels loaded (the default
 backend; DROPOUT_EXT_REQUIRE_COMPILED=1 makes the suite stop if they are not) and with
