@@ -4,8 +4,8 @@
 # the build configuration and the kernels' register/spill counts, run the CUDA kernel
 # tests and, beside them in another process, the CUDA torch.compile tests (a fresh
 # machine's first compiles take minutes), split the host time of one small call into
-# steps and pieces (bench/host_profile.py), run the GPU bench (the fused norms included) and,
-# where transformers is installed, bench/models.py, and print the tables last.
+# steps and pieces (bench/host_profile.py), run the GPU bench (the fused norms included) and
+# the real-model steps (bench/models.py), and print the tables last.
 #
 #   bash bench/gpu_check.sh            logs, figures and tables go to $OUT (default bench/results)
 #
@@ -54,8 +54,8 @@ fi
 echo "   built in $(( $(date +%s) - t0 )) s"
 if [ "${PTXAS_VERBOSE:-1}" != "0" ]; then
   # one file (the device tool brings back at most 8): the 10 largest, then every kernel
-  { $PY bench/ptxas_summary.py "$OUTDIR/build.log"; echo; echo "every kernel:"
-    $PY bench/ptxas_summary.py --all "$OUTDIR/build.log"; } > "$OUTDIR/ptxas.txt" 2>&1
+  { $PY tools/ptxas_summary.py "$OUTDIR/build.log"; echo; echo "every kernel:"
+    $PY tools/ptxas_summary.py --all "$OUTDIR/build.log"; } > "$OUTDIR/ptxas.txt" 2>&1
   head -12 "$OUTDIR/ptxas.txt"; echo "   (every kernel: $OUTDIR/ptxas.txt)"
 fi
 export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
@@ -111,14 +111,15 @@ if [ $bench_rc -ne 0 ]; then
 fi
 
 models_rc=0
-if $PY -c "import transformers" 2>/dev/null && [ "$(left)" -gt 90 ]; then
+if [ "$(left)" -gt 90 ]; then
+  # Hugging Face BERT and GPT-2 where transformers is installed, else GPT-2 in plain torch
   echo "== real models (bench/models.py --device cuda; log: $OUTDIR/models.log)"
   timeout -k 10 $(( $(left) - 30 )) $PY bench/models.py --device cuda --steps 10 --out "$OUTDIR" \
     > "$OUTDIR/models.log" 2>&1
   models_rc=$?
   [ $models_rc -ne 0 ] && { echo "   models.py exit $models_rc:"; tail -5 "$OUTDIR/models.log"; }
 else
-  echo "== real models: skipped (transformers is not installed, or no time left)"
+  echo "== real models: skipped (no time left)"
 fi
 
 cat /tmp/gpu_bench.log  # the tables (also in $OUTDIR/gpu_bench.txt)

@@ -1,5 +1,7 @@
 """Training steps of real Hugging Face models: torch's dropout, dropout_ext.convert, and
-dropout_ext.integrations.transformers.apply (random init, eager attention).
+dropout_ext.integrations.transformers.apply (random init, eager attention). Without
+`transformers` (a GPU machine with no network): GPT-2 written out in plain torch below
+(Hugging Face's GPT2LMHeadModel layout and dropout placement), torch against convert.
 
   python bench/models.py                   CPU, float32: BERT-base sequence classification and
                                            GPT-2 small LM head, batch 8 x 128
@@ -18,15 +20,18 @@ began (activations, gradients, temporaries). On the GPU from torch.cuda.max_memo
 over the timed steps; on the CPU from torch.profiler's allocation events of torch's CPU
 allocator (profile_memory=True, one extra step per variant: the running sum of its
 allocations and frees). "saved MiB": the bytes autograd saves for backward in one forward
-(each storage once; the weights the forward saves included, so it can exceed "peak MiB"). Prints a markdown table; writes models.json (bench/results/ unless --out).
+(each storage once; the weights the forward saves included, so it can exceed "peak MiB").
+Prints a markdown table; writes models.json (bench/results/ unless --out).
 """
 import argparse
 import copy
 import json
+import math
 import os
 import statistics
 import sys
 import time
+import types
 
 import torch
 
@@ -43,8 +48,63 @@ VARIANTS = ("torch", "convert", "apply", "apply-unfused")
 SHAPES = {"bert": ((8, 128), (32, 512)), "gpt2": ((8, 128), (8, 1024))}
 
 
+class PlainGPT2(torch.nn.Module):
+    """GPT-2 in plain torch, laid out as Hugging Face's GPT2LMHeadModel with eager attention:
+    dropout on the embeddings, on the attention probabilities (a functional call), after the
+    attention projection and after the MLP, all p=0.1; pre-LayerNorm, GELU (tanh), the LM
+    head tied to the token embedding. forward(input_ids, labels) -> an object with .loss."""
+
+    def __init__(self, n_layer=12, n_embd=768, n_head=12, vocab_size=50257, n_positions=1024, p=0.1):
+        super().__init__()
+        nn = torch.nn
+        self.n_head, self.p = n_head, p
+        self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(n_positions, n_embd)
+        self.drop = nn.Dropout(p)
+        self.h = nn.ModuleList(nn.ModuleDict(dict(
+            ln_1=nn.LayerNorm(n_embd), c_attn=nn.Linear(n_embd, 3 * n_embd), c_proj=nn.Linear(n_embd, n_embd),
+            resid_dropout=nn.Dropout(p), ln_2=nn.LayerNorm(n_embd), c_fc=nn.Linear(n_embd, 4 * n_embd),
+            mlp_proj=nn.Linear(4 * n_embd, n_embd), mlp_dropout=nn.Dropout(p))) for _ in range(n_layer))
+        self.ln_f = nn.LayerNorm(n_embd)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+
+    def attention(self, b, x):
+        B, T, C = x.shape
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in b.c_attn(x).split(C, 2))
+        att = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(C // self.n_head)
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        att = torch.softmax(torch.where(causal, att, torch.finfo(att.dtype).min), dim=-1).to(v.dtype)
+        att = torch.nn.functional.dropout(att, self.p, self.training)  # looked up at call time, as transformers'
+        return b.resid_dropout(b.c_proj(torch.matmul(att, v).transpose(1, 2).reshape(B, T, C)))
+
+    def forward(self, input_ids, labels):
+        h = self.drop(self.wte(input_ids) + self.wpe(torch.arange(input_ids.shape[1], device=input_ids.device)))
+        for b in self.h:
+            h = h + self.attention(b, b.ln_1(h))
+            h = h + b.mlp_dropout(b.mlp_proj(torch.nn.functional.gelu(b.c_fc(b.ln_2(h)), approximate="tanh")))
+        logits = self.lm_head(self.ln_f(h))
+        loss = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())
+        return types.SimpleNamespace(loss=loss)
+
+
+def has_transformers():
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def build(name, tiny):
     """(model, description, vocab size), random init, eager attention, default dropout."""
+    if not has_transformers():
+        if name != "gpt2":
+            raise SystemExit("bench/models.py: %s needs transformers (without it: --models gpt2)" % name)
+        kw = dict(n_layer=2, n_embd=64, n_head=4, vocab_size=1000) if tiny else {}
+        return PlainGPT2(**kw), "GPT-2 in plain torch", kw.get("vocab_size", 50257)
     import transformers
 
     small = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, vocab_size=1000)
@@ -177,8 +237,10 @@ def markdown(rows):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--models", default="bert,gpt2", help="comma-separated: bert, gpt2")
-    ap.add_argument("--variants", default="torch,convert,apply", help="comma-separated of %s" % ", ".join(VARIANTS))
+    hf_ok = has_transformers()
+    ap.add_argument("--models", default="bert,gpt2" if hf_ok else "gpt2", help="comma-separated: bert, gpt2")
+    ap.add_argument("--variants", default="torch,convert,apply" if hf_ok else "torch,convert",
+                    help="comma-separated of %s (apply needs transformers)" % ", ".join(VARIANTS))
     ap.add_argument("--steps", type=int, default=None, help="timed rounds (default: 5 on the CPU, 20 on the GPU)")
     ap.add_argument("--batch", type=int, default=None)
     ap.add_argument("--seq", type=int, default=None)
@@ -187,18 +249,18 @@ def main(argv=None):
     args = ap.parse_args(argv)
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in args.variants if v not in VARIANTS]
-    if unknown:
-        ap.error("unknown variants %s (of %s)" % (unknown, ", ".join(VARIANTS)))
+    if unknown or (not hf_ok and any(v.startswith("apply") for v in args.variants)):
+        ap.error("unknown variants %s (of %s)" % (unknown, ", ".join(VARIANTS)) if unknown else
+                 "apply needs transformers, which is not installed")
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device")
     args.steps = args.steps or (20 if cuda else 5)
     dtype = torch.bfloat16 if cuda else torch.float32
     quiet_torch_logs()
-    import transformers
-
+    version = __import__("transformers").__version__ if hf_ok else "not installed"
     info = {"device": torch.cuda.get_device_name() if cuda else "cpu", "cpu": cpu_model(), "cores": os.cpu_count(),
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "transformers": version,
             "dropout_ext": dropout_ext.__version__, "backends": list(dropout_ext.compiled_backends()),
             "dtype": str(dtype).replace("torch.", ""), "steps": args.steps, "tiny": args.tiny,
             "loadavg_start": loadavg(),

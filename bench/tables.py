@@ -38,7 +38,7 @@ LAYOUT_SHAPES = {"full": ((64, 256, 32, 32), 4096, (8192, 4096)), "small": ((16,
 # first: after a torch.profiler session, host times in the same process read 35 to 45 us
 # higher per forward + backward (the CUDA activity tracing it sets up seems to stay attached).
 ORDER = {"cpu": ("forward", "backward", "family", "per_call", "layout", "shard", "norm", "isa", "curve"),
-         "gpu": ("per_call", "forward", "backward", "unroll", "family", "norm", "layout", "shard", "gpt2")}
+         "gpu": ("per_call", "forward", "backward", "unroll", "family", "norm", "layout", "shard")}
 # Per bench and mode: log2 sizes of the forward and forward+backward tables, rounds per
 # median, log2 numel of the family table, layout scale, local shard shape, torch.compile.
 MODES = {("cpu", "quick"): ((12, 14), 3, 14, "tiny", (64, 128), False),
@@ -570,55 +570,31 @@ def jemalloc_run(run, sizes, with_torch):
         path, JEMALLOC_CONF, child["info"]["allocator"])
 
 
-# ----------------------------------------------------------------------------- GPU only: unroll sweep, GPT-2
+# ----------------------------------------------------------------------------- GPU only: the unroll sweep
 
-CUDA_TUNING_DEFAULT = (2, True)  # the build's defaults (FlatTuning, dropout_ext/csrc/cuda/kernels.cuh)
-_TUNING = {}
-
-
-def set_cuda_tuning(unroll=None, persistent=None):
-    """Sets the flat CUDA kernel's tuning; returns the (unroll, persistent) in force after the
-    call, or None when the build has no tuning op. unroll: 8-element units per thread per
-    iteration of the flat forward kernel (1, 2 or 4); persistent: whether the 16-bit kernels
-    that draw Philox run only the blocks the GPU holds at once. None keeps a knob (no
-    arguments: a query). The bench's only access to these switches: the op
-    torch.ops.dropout_ext_testing.set_cuda_tuning(int unroll, bool persistent), registered by
-    dropout_ext._testing where it is built (DROPOUT_EXT_TESTING=1), else the ops
-    torch.ops.dropout_ext._cuda_unroll / _cuda_persistent (0 and -1 query). The ops are
-    looked up once: the sweep calls this inside its timed calls."""
-    if "ops" not in _TUNING:
-        try:
-            import dropout_ext._testing  # noqa: F401
-        except ImportError:
-            pass
-        new = getattr(torch.ops.dropout_ext_testing, "set_cuda_tuning", None)
-        old = tuple(getattr(torch.ops.dropout_ext, name, None) for name in ("_cuda_unroll", "_cuda_persistent"))
-        _TUNING.update(ops=(new, None) if new is not None else old if None not in old else None,
-                       state=CUDA_TUNING_DEFAULT)
-    if _TUNING["ops"] is None:
+def tunable_ops(cuda):
+    """torch.ops.dropout_ext_testing where its kernels follow set_cuda_tuning(unroll,
+    persistent), else None: on a GPU, a build with DROPOUT_EXT_TESTING=cuda (its tunable CUDA
+    launcher, as bench/gpu_check.sh builds); in the dry run, the emulator. unroll = 8-element
+    units per thread per iteration of the flat forward kernel (1, 2 or 4); persistent = the
+    16-bit kernels run only the blocks the GPU holds at once. The product's configuration is
+    fixed at compile time."""
+    ops = _backend.testing_ops()
+    if ops is None or (cuda and not torch._C._dispatch_has_kernel_for_dispatch_key("dropout_ext_testing::dropout",
+                                                                                  "CUDA")):
         return None
-    op, persistent_op = _TUNING["ops"]
-    if persistent_op is not None:
-        return op(unroll or 0), bool(persistent_op(-1 if persistent is None else int(persistent)))
-    if unroll is not None or persistent is not None:  # an op that cannot be queried: keep what was set
-        state = (unroll or _TUNING["state"][0], _TUNING["state"][1] if persistent is None else bool(persistent))
-        got = op(*state)
-        _TUNING["state"] = (int(got[0]), bool(got[1])) if isinstance(got, (tuple, list)) and len(got) == 2 else state
-    return _TUNING["state"]
+    return ops
 
 
 def unroll(run):
     """The flat forward kernel at each unroll (and, 16-bit types, each grid), plain and writing
-    the keep bits, against copy_ (device time)."""
-    try:
-        original = set_cuda_tuning()
-        why = ("this build has no CUDA tuning op (torch.ops.dropout_ext_testing.set_cuda_tuning comes with"
-               " dropout_ext._testing, built with DROPOUT_EXT_TESTING=1)")
-    except Exception as e:  # noqa: BLE001 - report and go on
-        original, why = None, "the CUDA tuning op raised %r" % e
-    if original is None:
-        progress("unroll sweep skipped: " + why)
-        return [], "unroll sweep skipped: " + why
+    the keep bits, against copy_ (device time): the testing namespace's tunable kernels."""
+    ops = tunable_ops(run.cuda)
+    if ops is None:
+        why = "unroll sweep skipped: no tunable kernels (a build with DROPOUT_EXT_TESTING=cuda, or =1 for a dry run)"
+        progress(why)
+        return [], why
+    original = ops.cuda_tuning()
 
     def one(run, d, n):
         dt = DTYPES[d]
@@ -629,7 +605,7 @@ def unroll(run):
 
         def tuned(u, g, a):
             def go():
-                set_cuda_tuning(u, g)
+                ops.set_cuda_tuning(u, g)
                 return F.dropout(a, run.p)
             return go
 
@@ -637,7 +613,8 @@ def unroll(run):
         for u, g in variants:
             fns["unroll %d grid %d" % (u, g)] = tuned(u, g, x)
             fns["unroll %d grid %d +bits" % (u, g)] = with_storage("bits", tuned(u, g, xr))
-        m = run.timer.measure(fns, run.reps)
+        with _backend.use("emulator"):  # the testing namespace: its CUDA kernels are the tunable ones
+            m = run.timer.measure(fns, run.reps)
         rows = []
         for u, g in variants:
             a, ab, bw_copy = m["unroll %d grid %d" % (u, g)], m["unroll %d grid %d +bits" % (u, g)], b / m["copy_"]["t"]
@@ -646,100 +623,17 @@ def unroll(run):
                          "dev us": us(a["t"]), "wall us": us(a["wall"]), "BW vs copy_": ratio(b / a["t"], bw_copy, 3),
                          "dev us +bits": us(ab["t"]), "wall us +bits": us(ab["wall"]),
                          "BW vs copy_ +bits": ratio((b + n // 8) / ab["t"], bw_copy, 3),
-                         "dev us copy_": us(m["copy_"]["t"]), "default": (u, g) == original})
+                         "dev us copy_": us(m["copy_"]["t"]), "default": (u, g) == tuple(original)})
         return rows
 
     try:
         rows = over_sizes(run, "unroll", one)[0]
     finally:
-        set_cuda_tuning(*original)
-    return rows, ("unroll = 8-element units per thread per iteration of the flat forward kernel (build default %d);"
+        ops.set_cuda_tuning(*original)
+    return rows, ("unroll = 8-element units per thread per iteration of the flat forward kernel (product: %d);"
                   " grid (16-bit types, whose kernel loads one iteration ahead): 'resident' = only the blocks the"
-                  " GPU holds at once, each looping over the tensor (default), 'cover' = one block per"
-                  " 256 x unroll units" % original[0])
-
-
-def gpt2(run):
-    """GPT-2 training steps (bf16 autocast, AdamW), torch's dropout against dropout_ext's, interleaved."""
-    import copy
-
-    import gpt2 as G
-
-    dev, cuda = run.device, run.cuda
-    if cuda:
-        cfg = G.Config(n_positions=max(1024, run.gpt2_seq))
-        batch, seq, steps = run.gpt2_batch, run.gpt2_seq, run.gpt2_steps
-    else:
-        cfg, batch, seq, steps = G.Config(n_layer=2, n_embd=64, n_head=4, vocab_size=512, n_positions=32), 2, 32, 2
-    torch.manual_seed(0)
-    base, model_name = G.make_model(cfg, prefer_hf=cuda)
-    models = {"torch": base.to(dev)}
-    models["dropout_ext"] = copy.deepcopy(models["torch"])
-    replaced = G.replace_dropouts(models["dropout_ext"], lambda p: dropout_ext.nn.Dropout(p))
-    opts = {k: torch.optim.AdamW(m.parameters(), lr=1e-4) for k, m in models.items()}
-    idx = torch.randint(0, cfg.vocab_size, (batch, seq), device=dev)
-    orig_tf, orig_ext = TF.dropout, F.dropout
-    times, peaks, losses, saved = {k: [] for k in models}, dict.fromkeys(models, 0), {k: [] for k in models}, {}
-
-    def step(v):
-        TF.dropout = orig_ext if v == "dropout_ext" else orig_tf  # the attention-probability dropout
-        try:
-            with torch.autocast(dev, dtype=torch.bfloat16):
-                loss = models[v](idx, idx)
-            loss.backward()
-            opts[v].step()
-            opts[v].zero_grad(set_to_none=True)
-        finally:
-            TF.dropout = orig_tf
-        return loss.detach()
-
-    try:
-        for v in models:  # warm-up (also allocates the optimizer state)
-            step(v)
-            step(v)
-        for r in range(steps):
-            for v in (list(models) if r % 2 == 0 else list(models)[::-1]):  # alternating order
-                run.timer.sync()
-                if cuda:
-                    torch.cuda.reset_peak_memory_stats()
-                t0 = time.perf_counter()
-                loss = step(v)
-                run.timer.sync()
-                times[v].append(time.perf_counter() - t0)
-                peaks[v] = max(peaks[v], torch.cuda.max_memory_allocated() if cuda else 0)
-                losses[v].append(round(float(loss), 4))
-        for v, model in models.items():  # one more forward: the dropout calls' saved bytes counted apart
-            drop, everything = SavedBytes(), SavedBytes()
-
-            def counting(fn):
-                def go(*a, **kw):
-                    with drop.scope():
-                        return fn(*a, **kw)
-                return go
-
-            TF.dropout = counting(orig_ext if v == "dropout_ext" else orig_tf)
-            dropout_ext.functional.dropout = counting(orig_ext)
-            with everything.scope(), torch.autocast(dev, dtype=torch.bfloat16):
-                model(idx, idx)
-            TF.dropout, dropout_ext.functional.dropout = orig_tf, orig_ext
-            saved[v] = (drop.total, drop.total + everything.total)
-    finally:
-        TF.dropout, dropout_ext.functional.dropout = orig_tf, orig_ext
-    med = {v: statistics.median(times[v]) for v in models}
-    rows = [{"variant": v, "batch x seq": "%dx%d" % (batch, seq), "layers": cfg.n_layer, "width": cfg.n_embd,
-             "step ms": round(med[v] * 1e3, 1), "vs torch": ratio(med["torch"], med[v]),
-             "peak GiB": round(peaks[v] / 2**30, 2) if cuda else None,
-             "dropout saved MiB": round(saved[v][0] / 2**20, 2), "all saved MiB": round(saved[v][1] / 2**20, 2),
-             "losses": losses[v], "step seconds": times[v]}
-            for v in models]
-    models.clear()  # the models and their optimizer state, before the cache is emptied
-    opts.clear()
-    if cuda:
-        torch.cuda.empty_cache()
-    return rows, ("%s: %d nn.Dropout modules replaced by dropout_ext.nn.Dropout and torch.nn.functional.dropout"
-                  " patched (the attention-probability dropout); bf16 autocast, AdamW, %d interleaved steps each after"
-                  " 2 warm-up steps; peak = torch.cuda.max_memory_allocated over a step."
-                  % (model_name, replaced, steps))
+                  " GPU holds at once, each looping over the tensor, 'cover' = one block per 256 x unroll units"
+                  % original[0])
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -814,9 +708,8 @@ TABLES = {
     "shard": (shard, {
         "cpu": [("Shards: global-index path against the plain path, float32, p={p:g}", None,
                  [SHARD_NOTE + ". Goal: overhead <= 10%."])],
-        "gpu": [("(h) Shards: the global-index path against the plain one, p={p:g}", None,
+        "gpu": [("(g) Shards: the global-index path against the plain one, p={p:g}", None,
                  [SHARD_NOTE + ", device time unless 'wall'. Goal: overhead <= 10%."])]}),
-    "gpt2": (gpt2, {"gpu": [("(g) GPT-2 training step, torch's dropout against dropout_ext, p={p:g}", None, [])]}),
     "norm": (norm, {
         "cpu": [("Fused dropout + add + norm, p={p:g}", lambda k: not k.startswith("saved"),
                  ["ms per call; vs X = X's time / ours fused. torch eager = norm(r + dropout(x)); ours unfused ="
@@ -825,7 +718,7 @@ TABLES = {
                   " vs torch.compile >= 2, vs ours unfused >= 1.3, vs no dropout >= 1.0."]),
                 ("Fused norm: bytes saved for backward", lambda k: k in ("norm", "dtype", "rows x hidden")
                  or k.startswith("saved"), ["Goal: ours fused <= numel/8 + 8 per row + 64 beside h."])],
-        "gpu": [("(i) Fused dropout + add + norm, p={p:g}", lambda k: not k.startswith("saved"),
+        "gpu": [("(h) Fused dropout + add + norm, p={p:g}", lambda k: not k.startswith("saved"),
                  ["Device times; vs X = X's device time / ours fused; BW vs copy_: our bandwidth over copy_'s"
                   " (4 streams against 2).", "Goals (bfloat16): forward BW vs copy_ >= 0.85; forward + backward"
                   " vs torch eager >= 2, vs torch.compile >= 1.1."])]}),
@@ -865,11 +758,7 @@ def configure(bench, doc, argv):
     ap.add_argument("--out", default=os.environ.get("OUT") if gpu else None,
                     help="output folder (default: %s)" % ("$OUT or bench/results" if gpu else
                                                           "docs/ with --full, else bench/results"))
-    if gpu:
-        ap.add_argument("--gpt2-batch", type=int, help="GPT-2 batch (default 8; 4 with --quick)")
-        ap.add_argument("--gpt2-seq", type=int, default=1024)
-        ap.add_argument("--gpt2-steps", type=int, help="timed steps per variant (default 6; 4 with --quick)")
-    else:
+    if not gpu:
         ap.add_argument("--no-plot", action="store_true")
         jm = ap.add_mutually_exclusive_group()
         jm.add_argument("--jemalloc", dest="jemalloc", action="store_true", default=None,
@@ -906,9 +795,6 @@ def configure(bench, doc, argv):
     run.compile_backend = "eager" if gpu and not run.cuda else "inductor"  # the dry run compiles in seconds
     run.timer = GpuTimer(run.cuda, 10 if run.cuda else 2) if gpu else CpuTimer()
     run.unit, run.fmt, run.raw_key = ("dev us", us, "kernels") if gpu else ("ms", ms, "seconds")
-    if gpu:
-        run.gpt2_steps = run.gpt2_steps or (4 if run.quick else 6)
-        run.gpt2_batch = run.gpt2_batch or (4 if run.quick else 8)
     return run
 
 
@@ -994,15 +880,6 @@ def main(bench, doc, argv=None):
                 raise
             traceback.print_exc()
             done[name] = ([], "FAILED: %r (traceback on stderr)" % e)
-            if name == "gpt2" and run.cuda and isinstance(e, torch.cuda.OutOfMemoryError) and run.gpt2_batch > 1:
-                del e
-                torch.cuda.empty_cache()
-                run.gpt2_batch //= 2  # once more, half the batch
-                try:
-                    rows, note = gpt2(run)
-                    done[name] = (rows, note + " (batch halved after running out of memory)")
-                except Exception as e2:  # noqa: BLE001
-                    done[name] = ([], "FAILED: %r" % e2)
         section_seconds[name] = round(time.time() - t0, 1)
         if gpu:
             if run.cuda:

@@ -1,7 +1,7 @@
 """Register and spill counts of dropout_ext's CUDA kernels from a build log made with
 `-Xptxas -v` (bench/gpu_check.sh sets NVCC_APPEND_FLAGS="-Xptxas -v").
 
-  python bench/ptxas_summary.py build.log [--all] [--match dropout_ext]
+  python tools/ptxas_summary.py build.log [--all] [--match dropout_ext]
 
 Prints one line per kernel and architecture: registers, spill stores/loads, stack frame;
 kernels with spills first, then by register count. Names are demangled with c++filt when
