@@ -14,6 +14,7 @@ Environment switches:
 import importlib.util
 import os
 import sys
+import sysconfig
 
 from setuptools import find_packages, setup
 
@@ -119,6 +120,20 @@ def extensions():
     return exts
 
 
+class BuildExt(BuildExtension):
+    """An editable install (`pip install -e .`) builds in a fresh temporary folder each time:
+    the objects go to the folder a regular build uses instead, so that a rebuild after a
+    change compiles only what changed, and a wheel built after an editable install (or the
+    other way round) reuses the objects whose compile command is the same (ninja compares
+    commands)."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        if getattr(self, "editable_mode", False):
+            self.build_temp = os.path.join(HERE, "build", "temp.%s-%s" % (sysconfig.get_platform(),
+                                                                          sys.implementation.cache_tag))
+
+
 def version():
     """The version, written once in dropout_ext/_version.py."""
     return _load("dropout_ext_version", os.path.join(HERE, "dropout_ext", "_version.py")).__version__
@@ -138,7 +153,7 @@ setup(
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     ext_modules=extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": BuildExt.with_options(use_ninja=True)},
     python_requires=">=3.10",
     install_requires=["torch"],
 )
