@@ -120,6 +120,23 @@ def pytest_collection_modifyitems(session, config, items):
             rng.shuffle(group)
             shuffled += group
         items[:] = shuffled
+    # the tests whose build warms in the background run last, when it is most likely done
+    items.sort(key=lambda item: getattr(getattr(item, "function", None), "warm", None) is not None)
+
+
+def pytest_collection_finish(session):
+    """Starts the background builds of the slow tests this run selected (testing.py:
+    warm_in_background)."""
+    if session.config.option.collectonly:
+        return
+    for item in session.items:
+        warm = getattr(getattr(item, "function", None), "warm", None)
+        if warm is not None:
+            warm()
+
+
+def pytest_sessionfinish(session):
+    testing.stop_warm()
 
 
 def pytest_report_collectionfinish(config, start_path, items):

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 import torch
-from testing import build_cache_dir, requires_compiled, source_digest, storage_ctx
+import testing
+from testing import build_cache_dir, requires_compiled, source_digest, storage_ctx, wait_warm, warm_in_background
 
 import dropout_ext
 from dropout_ext import _backend
@@ -92,24 +93,40 @@ def _asan_problem():
     return None
 
 
-@requires_compiled
-@pytest.mark.slow
-def test_address_sanitizer_small_run():
-    """tools/asan_check.sh with this interpreter: builds the CPU extension with
-    -fsanitize=address (kept between runs while the sources, the compiler and torch are
-    the same: a fresh build takes minutes, a kept one seconds) and runs every op on every
-    CPU path, and the launcher's split between threads, under it."""
-    problem = _asan_problem()
-    if problem:
-        pytest.skip(problem)
+def _asan_run(*args):
+    """The command and environment of tools/asan_check.sh with this interpreter."""
     out_dir = build_cache_dir("asan", source_digest(os.path.join(ROOT, "dropout_ext", "csrc"),
                                                     os.path.join(ROOT, "setup.py"),
                                                     os.path.join(ROOT, "dropout_ext", "_build.py")))
     env = dict(os.environ, ASAN_BUILD_DIR=out_dir, PYTHON=sys.executable)
     env.pop("DROPOUT_EXT_FORCE_PYTHON", None)
-    proc = subprocess.run(["bash", os.path.join(ROOT, "tools", "asan_check.sh")], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=1200)
+    return ["bash", os.path.join(ROOT, "tools", "asan_check.sh"), *args], env
+
+
+def _warm_asan():
+    if testing.HAS_COMPILED and _asan_problem() is None:
+        argv, env = _asan_run("--build-only")
+        warm_in_background("asan", argv, env=env, cwd=ROOT)
+
+
+@requires_compiled
+@pytest.mark.slow
+def test_address_sanitizer_small_run():
+    """tools/asan_check.sh with this interpreter: builds the CPU extension with
+    -fsanitize=address (kept between runs while the sources, the compiler and torch are
+    the same: a fresh build takes minutes, a kept one seconds; started in the background
+    when this test is collected) and runs every op on every CPU path, and the launcher's
+    split between threads, under it."""
+    problem = _asan_problem()
+    if problem:
+        pytest.skip(problem)
+    wait_warm("asan")
+    argv, env = _asan_run()
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=1200)
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-4000:]
     assert "ERROR: AddressSanitizer" not in output
     assert "asan check passed" in output
+
+
+test_address_sanitizer_small_run.warm = _warm_asan

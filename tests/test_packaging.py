@@ -16,7 +16,7 @@ import pytest
 import torch
 from testing import (DEVICES, FAMILY, HAS_COMPILED, HAS_EMULATOR, assert_same_bits, build_cache_dir, expected_dropout,
                      expected_input_grad, expected_output, keep_mask, locked, op_mask, requires_compiled,
-                     source_digest)
+                     source_digest, wait_warm, warm_in_background)
 
 import dropout_ext
 import testing
@@ -163,12 +163,12 @@ torch.save({"out": out, "grad": xg.grad, "backends": dropout_ext.compiled_backen
 """
 
 
-def _package_copy():
+def _package_copy(name="package"):
     """The package's Python files and sources, as a wheel for another torch would leave
     them once its extension fails to load: no _C. The folder is kept between runs while
     the sources and build settings are the same (so is the JIT build made from it); the
     Python files are copied afresh each time."""
-    root = build_cache_dir("package", source_digest(os.path.join(PACKAGE, "csrc")),
+    root = build_cache_dir(name, source_digest(os.path.join(PACKAGE, "csrc")),
                            source_digest(os.path.join(PACKAGE, "_build.py")))
     pkg = os.path.join(root, "dropout_ext")
     with locked(root):
@@ -189,11 +189,17 @@ def _package_copy():
     return root
 
 
-def _run_copy(tmp_path, **env):
-    root = _package_copy()
+def _copy_env(root, **env):
+    return _env(PYTHONPATH=root, TORCH_EXTENSIONS_DIR=os.path.join(root, "ext"), DROPOUT_EXT_CUDA="0",
+                MAX_JOBS=os.environ.get("MAX_JOBS", "2"), PYTHONDONTWRITEBYTECODE="1", **env)
+
+
+def _run_copy(tmp_path, name="package", **env):
+    """CHECK run on a copy of the package (_package_copy(name)) with `env`; the JIT build
+    has a copy of its own, so that the other tests never wait for its lock."""
+    root = _package_copy(name)
     result = str(tmp_path / "result.pt")
-    full_env = _env(PYTHONPATH=root, TORCH_EXTENSIONS_DIR=os.path.join(root, "ext"), DROPOUT_EXT_CUDA="0",
-                    MAX_JOBS=os.environ.get("MAX_JOBS", "2"), PYTHONDONTWRITEBYTECODE="1", **env)
+    full_env = _copy_env(root, **env)
     with locked(root):
         proc = subprocess.run([sys.executable, "-c", CHECK, root, result], cwd=str(tmp_path), env=full_env,
                               capture_output=True, text=True, timeout=1200)
@@ -225,10 +231,22 @@ def test_jit_build_at_import_compiles_the_cpu_sources(tmp_path):
     kernels give the Python kernels' bits."""
     if shutil.which("ninja") is None and not importlib.util.find_spec("ninja"):
         pytest.skip("the JIT build needs ninja")
-    r, root = _run_copy(tmp_path, DROPOUT_EXT_JIT="1")
+    wait_warm("jit")
+    r, root = _run_copy(tmp_path, "package-jit", DROPOUT_EXT_JIT="1")
     assert r["backends"] == ("cpu",), r
     assert r["warnings"] == [] and r["same"], r
     assert os.listdir(os.path.join(root, "ext")), "nothing was built in the extension folder"
+
+
+def _warm_jit():
+    """The JIT build in the background (the test's own run under the copy's lock)."""
+    if shutil.which("flock") and (shutil.which("ninja") or importlib.util.find_spec("ninja")):
+        root = _package_copy("package-jit")
+        warm_in_background("jit", ["flock", os.path.join(root, ".lock"), sys.executable, "-c", CHECK, root,
+                                   os.path.join(root, "warm.pt")], cwd=root, env=_copy_env(root, DROPOUT_EXT_JIT="1"))
+
+
+test_jit_build_at_import_compiles_the_cpu_sources.warm = _warm_jit
 
 
 # ------------------------------------------------------------- the suite's own guard

@@ -555,6 +555,45 @@ def locked(path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+# A slow test's build (AddressSanitizer, JIT) started in the background when the test is
+# collected, so that it compiles on a core the suite leaves idle (the tests run on one
+# thread) instead of in the test's own time. A test names its warm-up function in its
+# `warm` attribute (conftest.py starts it), and calls wait_warm(name) before it repeats the
+# build, which then finds it done. DROPOUT_EXT_TEST_WARM=0 turns this off.
+_WARMING = {}
+
+
+def warm_in_background(name, argv, **popen_kw):
+    """Runs argv in the background at low priority, once per session under `name`."""
+    import os
+    import subprocess
+
+    if name in _WARMING or os.environ.get("DROPOUT_EXT_TEST_WARM", "1") == "0":
+        return
+    _WARMING[name] = subprocess.Popen(["nice", "-n", "10", *argv], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True, **popen_kw)
+
+
+def wait_warm(name):
+    """Waits for the warm-up `name`, if one was started (its result is not used: the test
+    repeats the step, which finds the build done, or makes it and reports why)."""
+    proc = _WARMING.get(name)
+    if proc is not None:
+        proc.wait()
+
+
+def stop_warm():
+    """Stops the warm-ups still running (a run that ends before their tests)."""
+    import os
+    import signal
+
+    for proc in _WARMING.values():
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait()
+    _WARMING.clear()
+
+
 def torch_error(fn):
     """(exception type, message) that fn() raises, or None: how a test compares its error with torch's."""
     try:

@@ -4,7 +4,7 @@
 # not instrumented, so libasan is preloaded and leak detection (which would report
 # Python's and torch's own allocations) is off; out-of-bounds reads and writes,
 # use-after-free and double frees in our code are caught.
-#   bash tools/asan_check.sh
+#   bash tools/asan_check.sh [--build-only]
 # PYTHON: the interpreter with torch (a command on PATH, or a path, absolute or relative
 # to the current directory); default the checkout's .venv/bin/python if there is one,
 # else python3. The build is kept in $ASAN_BUILD_DIR and reused while the sources, the
@@ -45,6 +45,7 @@ else
     || { tail -30 "$OUT/build.log"; exit 1; }
   echo "$STAMP" > "$OUT/stamp"
 fi
+[ "${1:-}" = "--build-only" ] && exit 0
 cp dropout_ext/*.py "$OUT/lib/dropout_ext/"
 LIBASAN=$(g++ -print-file-name=libasan.so)
 echo "== running under $LIBASAN with $PY"
