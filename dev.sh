@@ -54,8 +54,9 @@ setup() {
 
 build() {
   setup
-  # An editable install compiles in a fresh folder every time: skip it when the sources,
-  # the build settings and torch are those of the last build (the stamp below).
+  # Skip the editable install when the sources, the build settings and torch are those of
+  # the last build (the stamp below); otherwise ninja recompiles what changed (setup.py
+  # keeps the objects in build/temp.*, which the wheel check reuses too).
   local stamp
   stamp="$VENV/.build-$( { cat setup.py dropout_ext/_build.py requirements-dev.txt; find dropout_ext/csrc -type f | sort | xargs cat;
                           echo "$TORCH_CUDA_ARCH_LIST ${DROPOUT_EXT_CUDA:-auto} ${DROPOUT_EXT_SANITIZE:-} testing=$DROPOUT_EXT_TESTING"; } | sha1sum | cut -c1-12)"
