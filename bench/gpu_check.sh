@@ -3,9 +3,9 @@
 # network, in at most about 6 minutes: build in place for this GPU with all cores, print
 # the build configuration and the kernels' register/spill counts, run the CUDA kernel
 # tests and, beside them in another process, the CUDA torch.compile tests (a fresh
-# machine's first compiles take minutes), split the host time of one small call into
-# steps and pieces (bench/host_profile.py), run the GPU bench (the fused norms included) and
-# the real-model steps (bench/models.py), and print the tables last.
+# machine's first compiles take minutes), run the GPU bench (host times first, in a process
+# that has not yet run the profiler; the fused norms included) and the real-model steps
+# (bench/models.py), and print the tables last.
 #
 #   bash bench/gpu_check.sh            logs, figures and tables go to $OUT (default bench/results)
 #
@@ -93,10 +93,6 @@ tail -1 "$OUTDIR/tests_compile.log"
 echo "   torch.compile tests: exit $compile_rc$([ "$compile_rc" -eq 124 ] && echo " (timed out after ${TC}s)"), both done after $(( $(date +%s) - t0 )) s"
 fi
 
-echo "== host time per call, step by step (bench/host_profile.py; log: $OUTDIR/host_profile.txt)"
-timeout -k 5 60 $PY bench/host_profile.py --numel 4096 --reps 41 --out "$OUTDIR" > /tmp/host_profile.log 2>&1 \
-  || { echo "   host_profile failed or timed out:"; tail -5 /tmp/host_profile.log; }
-
 echo "== GPU bench (progress: $OUTDIR/bench.err; tables: $OUTDIR/gpu_bench.txt; figures: $OUTDIR/gpu.json)"
 t0=$(date +%s)
 T=$(clamp $(( $(left) - 100 )) 60 400)
@@ -124,6 +120,5 @@ fi
 
 cat /tmp/gpu_bench.log  # the tables (also in $OUTDIR/gpu_bench.txt)
 sed -n '/^Training step/,$p' "$OUTDIR/models.log" 2>/dev/null
-grep -v "USDT\|Warning\|_warn_once" "$OUTDIR/host_profile.txt" 2>/dev/null
 echo "== gpu_check took $(( $(date +%s) - T0 )) s: build ok, kernel tests exit $test_rc, torch.compile tests exit $compile_rc, bench exit $bench_rc, models exit $models_rc"
 [ $test_rc -eq 0 ] && [ $compile_rc -eq 0 ] && [ $bench_rc -eq 0 ]

@@ -34,11 +34,11 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 # slice x[:, ::2] of (2R, R)) at three scales; all inputs of one scale have the same numel.
 LAYOUT_SHAPES = {"full": ((64, 256, 32, 32), 4096, (8192, 4096)), "small": ((16, 64, 32, 32), 1024, (2048, 1024)),
                  "tiny": ((4, 16, 16, 16), 128, (256, 128))}
-# The order each bench measures its tables in. The GPU bench takes the per-call host times
+# The order each bench measures its tables in. The GPU bench takes the host times (steps, per call)
 # first: after a torch.profiler session, host times in the same process read 35 to 45 us
 # higher per forward + backward (the CUDA activity tracing it sets up seems to stay attached).
-ORDER = {"cpu": ("forward", "backward", "family", "per_call", "layout", "shard", "norm", "isa", "curve"),
-         "gpu": ("per_call", "forward", "backward", "unroll", "family", "norm", "layout", "shard")}
+ORDER = {"cpu": ("forward", "backward", "family", "per_call", "layout", "shard", "norm", "steps", "isa", "curve"),
+         "gpu": ("steps", "per_call", "forward", "backward", "unroll", "family", "norm", "layout", "shard")}
 # Per bench and mode: log2 sizes of the forward and forward+backward tables, rounds per
 # median, log2 numel of the family table, layout scale, local shard shape, torch.compile.
 MODES = {("cpu", "quick"): ((12, 14), 3, 14, "tiny", (64, 128), False),
@@ -321,6 +321,61 @@ def per_call(run):
                 row["seconds"] = {"ours": t[ours], "torch": t[theirs]}
             rows.append(row)
     return rows, None
+
+
+def steps(run):
+    """One small call (4096 float32 elements) split into its steps, each timed alone as the
+    per-call table times a call: forward with and without a leaf that requires grad,
+    backward alone on a graph kept with retain_graph (from .sum(), whose gradient is an
+    expanded, stride-0 tensor, and from a dense gradient), the whole call both ways; then,
+    with the compiled backend, the pieces of a call: allocations, our op at each stage of its
+    path, torch's native_dropout, and the backward ops on a dense and an expanded gradient."""
+    p, x = run.p, torch.randn(4096, device=run.device)
+    fns, ones = {}, torch.ones_like(x)
+    for who, fn in (("ours", lambda a: F.dropout(a, p)), ("torch", lambda a: TF.dropout(a, p))):
+        leaf = x.detach().requires_grad_()
+        kept = fn(leaf)
+        kept_sum = kept.sum()
+
+        def backward(out, *grad, leaf=leaf):
+            def go():
+                leaf.grad = None
+                out.backward(*grad, retain_graph=True)
+            return go
+        fns.update({(who, "forward, no grad"): lambda fn=fn: fn(x),
+                    (who, "forward, input requires grad"): lambda fn=fn, leaf=leaf: fn(leaf),
+                    (who, "backward alone, from .sum()"): backward(kept_sum),
+                    (who, "backward alone, dense grad"): backward(kept, ones),
+                    (who, "forward + .sum().backward()"): fwd_bwd(fn, x),
+                    (who, "forward + .backward(dense)"): fwd_bwd(fn, x, ones)})
+    progress("steps of a call (host time)")
+    t = {k: statistics.median(v) for k, v in run.timer.host_samples(fns, run.reps).items()}
+    rows = [{"step": s, "us ours": us(t["ours", s]), "us torch": us(t["torch", s]),
+             "ours/torch": ratio(t["ours", s], t["torch", s])} for who, s in fns if who == "ours"]
+    fast = _backend.FAST
+    if fast is None:
+        return rows, "pieces of a call: need the compiled backend"
+    xg, g, ge = x.detach().requires_grad_(), torch.randn_like(x), torch.ones((), device=x.device).expand_as(x)
+    bits, mask = torch.ops.dropout_ext.dropout(x, None, None, p, 0, x.dim(), 1)[1], torch.native_dropout(x, p, True)[1]
+    ours_bwd, torch_bwd = torch.ops.dropout_ext.dropout_backward.default, torch.ops.aten.native_dropout_backward.default
+    pieces = {"torch.empty_like(x)": lambda: torch.empty_like(x),
+              "torch.empty(numel // 8, uint8)": lambda: torch.empty(x.numel() // 8, dtype=torch.uint8, device=x.device),
+              "torch.mul(x, 2.0)": lambda: torch.mul(x, 2.0),
+              "ours _C.dropout, save nothing": lambda: fast.dropout(x, p, 0, 0),
+              "ours _C.dropout, save bits, no grad": lambda: fast.dropout(x, p, 0, 1),
+              "ours _C.dropout, input requires grad": lambda: fast.dropout(xg, p, 0, 1),
+              "ours F.dropout, no grad": lambda: F.dropout(x, p),
+              "ours F.dropout, input requires grad": lambda: F.dropout(xg, p),
+              "torch native_dropout, no grad": lambda: torch.native_dropout(x, p, True),
+              "torch native_dropout, requires grad": lambda: torch.native_dropout(xg, p, True),
+              "torch F.dropout, requires grad": lambda: TF.dropout(xg, p),
+              "ours backward op, dense grad": lambda: ours_bwd(g, bits, p, 0, x.dim()),
+              "ours backward op, expanded grad": lambda: ours_bwd(ge, bits, p, 0, x.dim()),
+              "torch backward op, dense grad": lambda: torch_bwd(g, mask, 1 / (1 - p)),
+              "torch backward op, expanded grad": lambda: torch_bwd(ge, mask, 1 / (1 - p))}
+    progress("pieces of a call (host time)")
+    t = run.timer.host_samples(pieces, run.reps)
+    return rows + [{"piece": k, "us": us(statistics.median(v))} for k, v in t.items()], None
 
 
 # ----------------------------------------------------------------------------- layouts, shards
@@ -678,6 +733,13 @@ TABLES = {
                   " better), median of twice the table's rounds (at least 41); ours/torch host = ours / torch's;"
                   " paired = the median over rounds of ours / torch's in the same round.",
                   "Goal: <= 1.0 (at 4096 elements)."])]}),
+    "steps": (steps, {b: [("Steps of a small call (host time), float32, 4096 elements, p={p:g}",
+                           lambda k: k in ("step", "us ours", "us torch", "ours/torch"),
+                           ["Each step timed alone, as the per-call table times a call; backward alone runs on a"
+                            " graph kept with retain_graph."]),
+                          ("Pieces of a call (host time), float32, 4096 elements", lambda k: k in ("piece", "us"),
+                           ["Each piece timed alone; the backward ops called through torch.ops."])]
+                      for b in ("cpu", "gpu")}),
     "family": (family, {
         "cpu": [("Dropout family, float32, {family} elements, p={p:g}",
                  ["op", "numel", "ms ours", "ms torch eager", "ms torch.compile", "ms x*2", "ours vs eager",

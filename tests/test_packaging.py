@@ -352,9 +352,7 @@ def test_readme_example_runs(capsys):
 BENCHES = [
     ("bench_cpu.py", ["--quick", "--no-plot"], "cpu.json", "ours/x*2"),
     # the GPU bench's own code, run on the CPU so that it is exercised without a GPU
-    ("bench_gpu.py", ["--device", "cpu", "--sizes", "14", "--reps", "2"], "gpu.json", "ours/copy_ BW"),
-    ("host_profile.py", ["--device", "cpu", "--numel", "256", "--reps", "3", "--calls", "20"], "host_profile.txt",
-     "backward alone, dense grad"),
+    ("bench_gpu.py", ["--device", "cpu", "--sizes", "14", "--reps", "2"], "gpu.json", "backward alone, dense grad"),
 ]
 
 RUN_BENCHES = r"""
