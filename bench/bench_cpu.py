@@ -10,8 +10,8 @@ except in --quick) in one process, with torch's default thread count. Forward th
 counts 2 x numel x element size bytes (one read, one write) for every contender, so GB/s
 ratios are time ratios; `x * 2.0` is the memory ceiling under the same allocator (it pays
 the same page faults for a fresh output), `mul(out=)` the ceiling without page faults.
-With jemalloc installed (Debian/Ubuntu: libjemalloc2) the forward table is measured again
-in a child process with jemalloc preloaded (--no-jemalloc to skip).
+--jemalloc runs under jemalloc with freed pages kept (Debian/Ubuntu: libjemalloc2), which
+removes those page faults.
 """
 import os
 import sys

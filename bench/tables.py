@@ -10,9 +10,7 @@ import json
 import os
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 
@@ -162,7 +160,7 @@ def forward_contenders(run, x):
     else:  # x * 2.0 pays the page faults of a fresh output, as ours; mul(out=) pays none
         fns = {"x * 2.0": lambda: x * 2.0, "mul(out=)": lambda: torch.mul(x, 2.0, out=y),
                "torch": lambda: TF.dropout(x, p), "ours": lambda: F.dropout(x, p), "torch.compile": lambda: comp(x)}
-    return {k: f for k, f in fns.items() if (k != "torch.compile" or comp) and (k != "torch" or run.with_torch)}
+    return {k: f for k, f in fns.items() if k != "torch.compile" or comp}
 
 
 def forward_rows(run, d, n):
@@ -533,7 +531,7 @@ def norm(run):
     return rows, None
 
 
-# ----------------------------------------------------------------------------- CPU only: ISA, curve, jemalloc
+# ----------------------------------------------------------------------------- CPU only: ISA, curve
 
 def isa(run):
     """Forward of each CPU path (ISA) in one interleaved run, at 1 thread and the default count."""
@@ -597,32 +595,6 @@ def plot(run, rows, path):
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
-
-
-def jemalloc_run(run, sizes, with_torch):
-    """The forward table again in a child process with jemalloc preloaded and freed pages
-    kept (MALLOC_CONF). Returns (rows or None, a note saying how, or why not)."""
-    if allocator_in_use() != "glibc malloc":
-        return None, "jemalloc run skipped: this process already runs under %s (the tables above)" % allocator_in_use()
-    path = find_jemalloc()
-    if path is None:
-        return None, ("jemalloc run skipped: libjemalloc.so.2 not found (Debian/Ubuntu: apt-get install"
-                      " libjemalloc2; or set JEMALLOC_PATH=/path/to/libjemalloc.so.2)")
-    with tempfile.TemporaryDirectory() as tmp:
-        emit = os.path.join(tmp, "forward.json")
-        env = dict(os.environ, LD_PRELOAD=(path + " " + os.environ.get("LD_PRELOAD", "")).strip(),
-                   MALLOC_CONF=JEMALLOC_CONF)
-        cmd = [sys.executable, os.path.join(HERE, "bench_cpu.py"), "--only", "forward", "--no-jemalloc", "--no-compile",
-               "--sizes", ",".join(str(n.bit_length() - 1) for n in sizes), "--dtypes", ",".join(run.dtypes),
-               "--reps", str(run.reps), "--p", str(run.p), "--emit", emit] + ([] if with_torch else ["--no-torch"])
-        progress("forward again with jemalloc preloaded (child process)")
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        if proc.returncode != 0 or not os.path.exists(emit):
-            return None, "jemalloc run failed (exit %d): %s" % (proc.returncode, proc.stderr.strip()[-800:])
-        with open(emit) as f:
-            child = json.load(f)
-    return child["forward"], "LD_PRELOAD=%s MALLOC_CONF=%s (allocator seen by the child: %s)" % (
-        path, JEMALLOC_CONF, child["info"]["allocator"])
 
 
 # ----------------------------------------------------------------------------- GPU only: the unroll sweep
@@ -822,14 +794,10 @@ def configure(bench, doc, argv):
                                                           "docs/ with --full, else bench/results"))
     if not gpu:
         ap.add_argument("--no-plot", action="store_true")
-        jm = ap.add_mutually_exclusive_group()
-        jm.add_argument("--jemalloc", dest="jemalloc", action="store_true", default=None,
-                        help="also run the forward table with jemalloc preloaded (default: when installed)")
-        jm.add_argument("--no-jemalloc", dest="jemalloc", action="store_false")
+        ap.add_argument("--jemalloc", action="store_true", help="run under jemalloc, freed pages kept: the bench"
+                        " restarts with LD_PRELOAD=libjemalloc.so.2 MALLOC_CONF=" + JEMALLOC_CONF)
         ap.add_argument("--name", help="output file stem (default: cpu_bench with --full, else cpu)")
-        ap.add_argument("--emit", help=argparse.SUPPRESS)  # child run: write the forward rows as JSON, print nothing
-        ap.add_argument("--no-torch", action="store_true", help=argparse.SUPPRESS)  # child run: no torch eager
-    ap.set_defaults(device="cpu", no_torch=False, emit=None)
+    ap.set_defaults(device="cpu")
     run = ap.parse_args(argv)
     run.gpu, run.cuda = gpu, run.device.startswith("cuda")
     if run.cuda and not torch.cuda.is_available():
@@ -853,7 +821,7 @@ def configure(bench, doc, argv):
             sys.exit("unknown table %r (choose from %s)" % (s, ", ".join(ORDER[bench])))
     skip = set(run.skip.split(",")) | ({"family"} if run.no_family else set())
     run.sections = [s for s in ORDER[bench] if s in wanted and s not in skip]
-    run.with_compile, run.with_torch = compile_ and not run.no_compile, not run.no_torch
+    run.with_compile = compile_ and not run.no_compile
     run.compile_backend = "eager" if gpu and not run.cuda else "inductor"  # the dry run compiles in seconds
     run.timer = GpuTimer(run.cuda, 10 if run.cuda else 2) if gpu else CpuTimer()
     run.unit, run.fmt, run.raw_key = ("dev us", us, "kernels") if gpu else ("ms", ms, "seconds")
@@ -869,12 +837,23 @@ def on_term(signum, frame):  # `timeout` ran out: keep what is measured so far
 
 
 def main(bench, doc, argv=None):
-    """Runs the CPU bench (bench="cpu": tables printed as they are measured, then the
-    jemalloc run) or the GPU bench (bench="gpu": a time budget, a failing table reported
-    in place of its rows, the JSON written after each table, tables printed at the end)."""
+    """Runs the CPU bench (bench="cpu": tables printed as they are measured) or the GPU bench
+    (bench="gpu": a time budget, a failing table reported in place of its rows, the JSON
+    written after each table, tables printed at the end)."""
     t_start = time.time()
     run = configure(bench, doc, argv)
     gpu, p = run.gpu, run.p
+    if not gpu and run.jemalloc and allocator_in_use() != "jemalloc":
+        path = find_jemalloc()
+        if os.environ.get("BENCH_JEMALLOC_PRELOADED"):  # restarted already, and jemalloc is still not in use
+            sys.exit("--jemalloc: LD_PRELOAD=%s did not take effect" % path)
+        if path is None:
+            sys.exit("--jemalloc: libjemalloc.so.2 not found (Debian/Ubuntu: apt-get install libjemalloc2; or set"
+                     " JEMALLOC_PATH=/path/to/libjemalloc.so.2)")
+        env = dict(os.environ, LD_PRELOAD=(path + " " + os.environ.get("LD_PRELOAD", "")).strip(),
+                   MALLOC_CONF=JEMALLOC_CONF, BENCH_JEMALLOC_PRELOADED="1")
+        argv = sys.argv[1:] if argv is None else argv
+        os.execve(sys.executable, [sys.executable, os.path.join(HERE, "bench_cpu.py"), *argv], env)
     quiet_torch_logs()
     info = {"mode": run.mode, "torch": torch.__version__, "dropout_ext": getattr(dropout_ext, "__version__", "?"),
             "backends": list(dropout_ext.compiled_backends()), "p": p, "reps": run.reps,
@@ -885,17 +864,13 @@ def main(bench, doc, argv=None):
         out_dir, stem, txt_name = run.out or os.path.join(HERE, "results"), "gpu", "gpu_bench.txt"
     else:
         info.update(cpu=cpu_model(), threads=torch.get_num_threads(), cpu_isa=_backend.cpu_isa(),
-                    allocator=allocator_in_use(), loadavg_start=loadavg())
+                    allocator=allocator_in_use(), malloc_conf=os.environ.get("MALLOC_CONF"),
+                    loadavg_start=loadavg())
         out_dir = run.out or os.path.join(os.path.dirname(HERE) if run.mode == "full" else HERE,
                                           "docs" if run.mode == "full" else "results")
         stem = run.name or ("cpu_bench" if run.mode == "full" else "cpu")
         txt_name = stem + ".txt"
     result = {"info": info}
-    if run.emit:  # a child run (jemalloc): measure, write, print nothing
-        result["forward"] = TABLES["forward"][0](run)[0]
-        with open(run.emit, "w") as f:
-            json.dump(result, f)
-        return result
     os.makedirs(out_dir, exist_ok=True)
     json_path, txt_path = os.path.join(out_dir, stem + ".json"), os.path.join(out_dir, txt_name)
     fmt = dict(p=p, allocator=info.get("allocator"), threads=info.get("threads"),
@@ -966,22 +941,6 @@ def main(bench, doc, argv=None):
         png = None
         if "curve" in done and not run.no_plot:
             png = plot(run, done["curve"][0], os.path.join(out_dir, stem + ".png"))
-        if run.jemalloc if run.jemalloc is not None else "forward" in run.sections:
-            # the page-fault story is about large outputs; torch's eager dropout (bound by its RNG,
-            # not by page faults) is left out of the default run's second table to save time
-            big, with_torch = [n for n in run.sizes if n >= 1 << 22] or run.sizes, run.mode != "default"
-            t0 = time.time()
-            rows, note = jemalloc_run(run, big, with_torch)
-            section_seconds["jemalloc"] = round(time.time() - t0, 1)
-            result["jemalloc"] = {"note": note, "forward": rows}
-            if rows is None:
-                rep.add("\n" + note)
-            else:
-                rep.section("Forward with jemalloc preloaded (separate process, no torch.compile%s)" % (
-                    "" if with_torch else ", no torch eager: see the table above"), rows,
-                    CPU_FORWARD_COLUMNS, [note, GBS_NOTE])
-        elif "forward" in run.sections and run.mode != "quick":
-            rep.add("\n(jemalloc run skipped: --no-jemalloc)")
         info["loadavg_end"] = loadavg()
         rep.add("\nbench took %.0f s (%s; load average %s at start, %s at end)" % (
             time.time() - t_start, ", ".join("%s %.0f s" % kv for kv in section_seconds.items()),
