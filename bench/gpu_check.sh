@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # One prepared check for a GPU machine that has torch, nvcc, pytest and hypothesis but no
-# network, in at most about 6 minutes: build in place for this GPU with all cores, print
+# network, in at most about 7 minutes: build in place for this GPU with all cores, print
 # the build configuration and the kernels' register/spill counts, run the CUDA kernel
 # tests and, beside them in another process, the CUDA torch.compile tests (a fresh
-# machine's first compiles take minutes), run the GPU bench (host times first, in a process
+# machine's first compiles take minutes), every op once under compute-sanitizer's memcheck
+# (tools/cuda_memcheck.py), run the GPU bench (host times first, in a process
 # that has not yet run the profiler; the fused norms included) and the real-model steps
 # (bench/models.py), and print the tables last.
 #
 #   bash bench/gpu_check.sh            logs, figures and tables go to $OUT (default bench/results)
 #
-# Environment: OUT, PYTHON (default python3), GPU_CHECK_SECONDS (whole run, default 360),
+# Environment: OUT, PYTHON (default python3), GPU_CHECK_SECONDS (whole run, default 420),
 # PTXAS_VERBOSE=0 (skip -Xptxas -v), BENCH_ARGS (extra arguments for bench/bench_gpu.py,
 # e.g. "--quick" or "--only per_call,backward"), GPU_CHECK_TESTS=0 (skip the tests, for a
 # rerun that only measures). Each stage runs under `timeout`, sized to leave room for the
@@ -17,7 +18,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 T0=$(date +%s)
-TOTAL=${GPU_CHECK_SECONDS:-360}
+TOTAL=${GPU_CHECK_SECONDS:-420}
 left() { echo $(( TOTAL - ($(date +%s) - T0) )); }
 clamp() { local v=$1; [ "$v" -gt "$3" ] && v=$3; [ "$v" -lt "$2" ] && v=$2; echo "$v"; }
 
@@ -93,6 +94,21 @@ tail -1 "$OUTDIR/tests_compile.log"
 echo "   torch.compile tests: exit $compile_rc$([ "$compile_rc" -eq 124 ] && echo " (timed out after ${TC}s)"), both done after $(( $(date +%s) - t0 )) s"
 fi
 
+memcheck_rc=0
+SANITIZER=$(command -v compute-sanitizer || echo "${CUDA_HOME:-/usr/local/cuda}/bin/compute-sanitizer")
+if [ -x "$SANITIZER" ]; then
+  echo "== compute-sanitizer memcheck over every op (tools/cuda_memcheck.py; log: $OUTDIR/memcheck.log)"
+  T=$(clamp $(( $(left) - 240 )) 30 90)
+  timeout -k 5 "$T" "$SANITIZER" --tool memcheck --error-exitcode 1 $PY tools/cuda_memcheck.py \
+    > "$OUTDIR/memcheck.log" 2>&1
+  memcheck_rc=$?
+  grep -E "ERROR SUMMARY|^cuda_memcheck" "$OUTDIR/memcheck.log" | tail -3
+  [ $memcheck_rc -ne 0 ] && { echo "   memcheck exit $memcheck_rc$([ $memcheck_rc -eq 124 ] && echo " (timed out after ${T}s)"):"
+                              grep -m 10 "=========" "$OUTDIR/memcheck.log"; }
+else
+  echo "== compute-sanitizer not found: memcheck skipped"
+fi
+
 echo "== GPU bench (progress: $OUTDIR/bench.err; tables: $OUTDIR/gpu_bench.txt; figures: $OUTDIR/gpu.json)"
 t0=$(date +%s)
 T=$(clamp $(( $(left) - 100 )) 60 400)
@@ -120,5 +136,5 @@ fi
 
 cat /tmp/gpu_bench.log  # the tables (also in $OUTDIR/gpu_bench.txt)
 sed -n '/^Training step/,$p' "$OUTDIR/models.log" 2>/dev/null
-echo "== gpu_check took $(( $(date +%s) - T0 )) s: build ok, kernel tests exit $test_rc, torch.compile tests exit $compile_rc, bench exit $bench_rc, models exit $models_rc"
-[ $test_rc -eq 0 ] && [ $compile_rc -eq 0 ] && [ $bench_rc -eq 0 ]
+echo "== gpu_check took $(( $(date +%s) - T0 )) s: build ok, kernel tests exit $test_rc, torch.compile tests exit $compile_rc, memcheck exit $memcheck_rc, bench exit $bench_rc, models exit $models_rc"
+[ $test_rc -eq 0 ] && [ $compile_rc -eq 0 ] && [ $memcheck_rc -eq 0 ] && [ $bench_rc -eq 0 ]

@@ -51,10 +51,11 @@ LIBASAN=$(g++ -print-file-name=libasan.so)
 echo "== running under $LIBASAN with $PY"
 cd "$OUT"
 LD_PRELOAD="$LIBASAN" ASAN_OPTIONS=detect_leaks=0:detect_odr_violation=0:abort_on_error=1 \
-PYTHONPATH="$OUT/lib" "$PY" - <<'PYEOF'
+PYTHONPATH="$OUT/lib:$ROOT/tools" "$PY" - <<'PYEOF'
 import contextlib, time
 import torch, dropout_ext
-from dropout_ext import _backend, functional as F
+from dropout_ext import _backend
+from every_op import chunked, every_op  # tools/every_op.py
 assert dropout_ext.compiled_backends() == ("cpu",), dropout_ext.compiled_backends()
 assert dropout_ext.__file__.startswith(__import__("os").getcwd()), dropout_ext.__file__
 
@@ -74,46 +75,11 @@ for isa, enter in paths:
         for dtype, n in cases:
             for storage in ("bits",) if emu else ("seed", "bits"):
                 dropout_ext.set_backward_storage(storage)
-                x = torch.randn(n, dtype=dtype, requires_grad=True)
-                F.dropout(x, 0.3, seed=n).sum().backward()
-                y = torch.randn(n, 3, dtype=dtype)
-                F.dropout(y.t(), 0.5, inplace=True, seed=1)
-                F.dropout1d(y.view(n, 3, 1), 0.5)
-                if n:
-                    b = torch.randn(3, dtype=dtype, requires_grad=True)
-                    r = torch.randn(n, 3, dtype=dtype, requires_grad=True)
-                    F.bias_dropout_add(y.requires_grad_(), b, r, 0.2).sum().backward()
-                    F.dropout_add(y.detach(), r.detach(), 0.2)
-                    F.dropout_add(y.detach(), r.detach().t().contiguous().t(), 0.2, seed=3)  # a residual in its own layout
-                    F.bias_dropout_add(y.detach(), torch.randn(6, dtype=dtype)[::2], r.detach(), 0.2)  # a stepped bias
-                    F.drop_path(y.detach(), 0.5)
-                    z = torch.randn(2, n, 5, 3, dtype=dtype, requires_grad=True)
-                    if not emu or dtype == torch.float64:  # the emulated tile kernel: seconds a launch
-                        F.dropout(z.permute(3, 1, 0, 2), 0.4).sum().backward()  # tile mode
-                    F.dropout(z[:, ::2], 0.4, global_shape=(4, n, 5, 3), global_offset=(1, 0, 0, 0))
-                    F.dropout(z.detach()[:, :, 1:], 0.4, global_shape=(2, n, 9, 5), global_offset=(0, 0, 2, 2))
-                    F.alpha_dropout(z, 0.3, True).sum().backward()
-                    F.feature_alpha_dropout(z.detach().to(memory_format=torch.channels_last), 0.3, True)
-                    F.dropout2d(z.detach().to(memory_format=torch.channels_last), 0.3)
-                F.dropout(torch.randn(n, dtype=dtype), 1.0)
-                # the fused norms: rows of n (odd, past the vector width), every operand, backward
-                for hidden, rows in ((n, 3), (max(n, 1), 1)) if n else ():
-                    xs = [torch.randn(rows, hidden, dtype=dtype, requires_grad=True) for _ in range(2)]
-                    w, b, ib = (torch.randn(hidden, dtype=dtype, requires_grad=True) for _ in range(3))
-                    out, hs = F.dropout_add_layer_norm(xs[0], xs[1], w, b, 0.3, input_bias=ib, prenorm=True)
-                    (out.sum() + hs.sum()).backward()
-                    F.dropout_add_rms_norm(xs[0], xs[1].detach().t().contiguous().t(), w, 0.3,
-                                           residual_in_fp32=True).sum().backward()
-                    F.dropout_add_layer_norm(xs[0][:, None].expand(rows, 2, hidden), None, None, None, 0.3,
-                                             global_shape=(rows + 2, 2, hidden), global_offset=(1, 0, 0))
+                # the emulated tile kernel: seconds a launch under ASan, float64 only
+                every_op(n, dtype, tile=not emu or dtype == torch.float64)
         if not emu:
-            # the launcher's split between threads: a few chunks of 2**15 elements
-            torch.set_num_threads(3)
-            x = torch.randn(97, 1031, requires_grad=True)
-            F.dropout(x, 0.3).sum().backward()
-            F.bias_dropout_add(x, torch.randn(1031), torch.randn(97, 1031), 0.3).sum().backward()
-            F.dropout(x.detach().t(), 0.3, global_shape=(1031, 200), global_offset=(0, 3))
-            F.dropout_add_layer_norm(x, torch.randn(97, 1031), torch.randn(1031), None, 0.3).sum().backward()
+            torch.set_num_threads(3)  # the launcher's split between threads: a few chunks of 2**15 elements
+            chunked()
             torch.set_num_threads(1)
     print("   %-8s %.1f s" % (isa, time.perf_counter() - t0), flush=True)
 print("asan check passed:", [name for name, _ in paths])
