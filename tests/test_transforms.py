@@ -252,6 +252,18 @@ def test_activation_checkpointing_recomputes_the_same_mask(kernels):
         assert_same_bits(g, g_ref)
 
 
+@requires_gpu
+@pytest.mark.cuda
+def test_func_grad_and_vmap_different_on_gpu():
+    """On CUDA tensors: grad gives the CPU mask of the same seed; vmap(randomness="different")
+    draws a mask per sample."""
+    x = torch.randn(8, 33, device="cuda")
+    g = torch.func.grad(lambda t: F.dropout(t, 0.5, seed=3).sum())(x)
+    assert_same_bits(g.cpu(), F.dropout(torch.ones(8, 33), 0.5, seed=3))
+    per_sample = torch.func.vmap(torch.func.grad(lambda t: F.dropout(t, 0.5).sum()), randomness="different")(x)
+    assert len({tuple((row != 0).tolist()) for row in per_sample}) > 1
+
+
 # ---------------------------------------------------------------------- CUDA graphs
 
 
