@@ -167,6 +167,13 @@ def testing_ops():
     return _testing_ops
 
 
+def testing_has_cuda():
+    """Whether the development extension has CUDA kernels: its tunable CUDA launcher, which
+    follows the flat kernel's tuning switches (a build with DROPOUT_EXT_TESTING=cuda)."""
+    return testing_ops() is not None and torch._C._dispatch_has_kernel_for_dispatch_key(
+        "dropout_ext_testing::dropout", "CUDA")
+
+
 def compiled_backends() -> Tuple[str, ...]:
     """Device types whose compiled kernels are in use; () when the Python fallback runs."""
     if _compiled_module is None or FAST is None:

@@ -121,7 +121,12 @@ def pytest_collection_modifyitems(session, config, items):
             shuffled += group
         items[:] = shuffled
     # the tests whose build warms in the background run last, when it is most likely done
-    items.sort(key=lambda item: getattr(getattr(item, "function", None), "warm", None) is not None)
+    items.sort(key=lambda item: _warm_up(item) is not None)
+
+
+def _warm_up(item):
+    """The test's background build (its function's `warm` attribute), or None."""
+    return getattr(getattr(item, "function", None), "warm", None)
 
 
 def pytest_collection_finish(session):
@@ -130,7 +135,7 @@ def pytest_collection_finish(session):
     if session.config.option.collectonly:
         return
     for item in session.items:
-        warm = getattr(getattr(item, "function", None), "warm", None)
+        warm = _warm_up(item)
         if warm is not None:
             warm()
 

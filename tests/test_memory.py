@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-import testing
-from testing import build_cache_dir, requires_compiled, source_digest, storage_ctx, wait_warm, warm_in_background
+from testing import (HAS_COMPILED, build_cache_dir, requires_compiled, source_digest, storage_ctx, wait_warm,
+                     warm_in_background)
 
 import dropout_ext
 from dropout_ext import _backend
@@ -104,7 +104,7 @@ def _asan_run(*args):
 
 
 def _warm_asan():
-    if testing.HAS_COMPILED and _asan_problem() is None:
+    if HAS_COMPILED and _asan_problem() is None:
         argv, env = _asan_run("--build-only")
         warm_in_background("asan", argv, env=env, cwd=ROOT)
 

@@ -32,8 +32,7 @@ HAS_EMULATOR = HAS_COMPILED and _backend.testing_ops() is not None
 NO_EMULATOR_REASON = ("the testing module dropout_ext._testing is not loaded (a build with DROPOUT_EXT_TESTING=1 "
                       "has it): %s" % (_backend.testing_load_error,))
 requires_emulator = pytest.mark.skipif(not HAS_EMULATOR, reason=NO_EMULATOR_REASON)
-HAS_TUNABLE_CUDA = HAS_EMULATOR and torch._C._dispatch_has_kernel_for_dispatch_key("dropout_ext_testing::dropout",
-                                                                                    "CUDA")
+HAS_TUNABLE_CUDA = HAS_EMULATOR and _backend.testing_has_cuda()
 # The compiled CPU paths, plus "cuda-emu": the CUDA kernels run on the host by the emulator
 # (cpu_isa_ctx runs the API on the testing namespace), so that tests that go over every
 # path check the CUDA kernels' arithmetic too, GPU or not. Without the testing module the
